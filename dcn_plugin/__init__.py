@@ -1,0 +1,22 @@
+"""dcn_plugin: Deformable ConvNets v2 for MMDetection 3.x on its own PyTorch custom operator.
+
+Importing the package registers everything: the ``torch.ops.dcn_plugin`` operators, the
+``'MDConv'`` / ``'DConv'`` conv layers in mmengine's ``MODELS`` (when mmengine is installed) and the
+backbones, necks and norm layers in mmdet's registries (when mmdet is installed). The operator and
+its modules need nothing but torch.
+"""
+import importlib.util
+
+from . import ops  # noqa: F401  (registers torch.ops.dcn_plugin.*)
+from .ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa: F401
+                  ModulatedDeformConv2dPack, deform_conv2d, modulated_deform_conv2d)
+
+__version__ = '0.1.0'
+
+if importlib.util.find_spec('mmdet') is not None and importlib.util.find_spec('mmcv') is not None:
+    from . import models  # noqa: F401  (registers backbones, necks, norm layers in mmdet's MODELS)
+if importlib.util.find_spec('mmdet') is not None:
+    from . import datasets  # noqa: F401
+
+__all__ = ['ops', 'modulated_deform_conv2d', 'deform_conv2d', 'ModulatedDeformConv2d',
+           'ModulatedDeformConv2dPack', 'DeformConv2d', 'DeformConv2dPack', '__version__']

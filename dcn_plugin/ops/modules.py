@@ -1,0 +1,191 @@
+"""``nn.Module`` wrappers of the deformable convolution operators.
+
+Constructor arguments and parameter names are mmcv's (``weight``, ``bias``, ``conv_offset.*``), so
+mmcv / mmdet DCN checkpoints load unchanged. ``ModulatedDeformConv2dPack`` and ``DeformConv2dPack``
+are registered in mmengine's ``MODELS`` as ``'MDConv'`` (DCNv2) and ``'DConv'`` (DCNv1) when mmengine
+is installed, so ``build_conv_layer(dict(type='MDConv'), ...)`` and mmdet's
+``ResNet(dcn=dict(type='MDConv', deform_groups=1, fallback_on_stride=False), ...)`` use them.
+"""
+import importlib.util
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from .functional import modulated_deform_conv2d
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """Modulated deformable convolution (DCNv2) with externally supplied offset and mask.
+
+    Args:
+        in_channels, out_channels: ``C`` and ``O``.
+        kernel_size, stride, padding, dilation: an int or a pair ``(h, w)``.
+        groups: convolution groups. deform_groups: offset/mask groups.
+        bias: whether to learn a bias (``bias`` parameter of shape ``(O,)``).
+
+    Forward ``(x, offset, mask)``: ``x (N, C, H, W)``, ``offset (N, 2*dg*kh*kw, Ho, Wo)``,
+    ``mask (N, dg*kh*kw, Ho, Wo)`` or ``None`` -> ``(N, O, Ho, Wo)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                 padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1,
+                 bias: Union[bool, str] = True):
+        super().__init__()
+        for name, v in (('in_channels', in_channels), ('out_channels', out_channels),
+                        ('groups', groups), ('deform_groups', deform_groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f'{name} must be a positive int, got {v!r}')
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'in_channels ({in_channels}) and out_channels ({out_channels}) must be '
+                             f'divisible by groups ({groups})')
+        if in_channels % deform_groups:
+            raise ValueError(f'in_channels ({in_channels}) must be divisible by deform_groups '
+                             f'({deform_groups})')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.deform_groups = deform_groups
+        # mmcv compatibility: these exist on mmcv's modules and some code reads them
+        self.transposed = False
+        self.output_padding = _pair(0)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter('bias', None)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """mmcv's initialisation: ``U(-1/sqrt(n), 1/sqrt(n))`` with ``n = C * kh * kw``, zero bias."""
+        n = self.in_channels * math.prod(self.kernel_size)
+        stdv = 1.0 / math.sqrt(n)
+        with torch.no_grad():
+            self.weight.uniform_(-stdv, stdv)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x: Tensor, offset: Tensor, mask: Optional[Tensor]) -> Tensor:
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation, self.groups, self.deform_groups)
+
+    def extra_repr(self) -> str:
+        s = (f'{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, '
+             f'stride={tuple(self.stride)}, padding={tuple(self.padding)}, dilation={tuple(self.dilation)}')
+        if self.groups != 1:
+            s += f', groups={self.groups}'
+        if self.deform_groups != 1:
+            s += f', deform_groups={self.deform_groups}'
+        if self.bias is None:
+            s += ', bias=False'
+        return s
+
+
+class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
+    """DCNv2 that predicts its own offsets and mask (mmcv's ``ModulatedDeformConv2dPack``).
+
+    ``conv_offset`` is a plain conv with the layer's kernel, stride, padding and dilation and
+    ``3 * deform_groups * kh * kw`` outputs, split in thirds ``(o1, o2, m)``:
+    ``offset = cat(o1, o2)``, ``mask = sigmoid(m)``. ``init_weights()`` zeroes it, so a fresh layer
+    starts as a regular convolution (mask 0.5). Registered as ``'MDConv'``.
+    """
+
+    _version = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conv_offset = nn.Conv2d(self.in_channels, self.deform_groups * 3 * math.prod(self.kernel_size),
+                                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                                     dilation=self.dilation, bias=True)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if hasattr(self, 'conv_offset'):
+            nn.init.zeros_(self.conv_offset.weight)
+            nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        out = self.conv_offset(x)
+        o1, o2, m = torch.chunk(out, 3, dim=1)
+        offset = torch.cat((o1, o2), dim=1)
+        mask = torch.sigmoid(m)
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation, self.groups, self.deform_groups)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # mmcv < 1.0 (version < 2) named the offset conv "conv_offset_mask"; accept those checkpoints.
+        version = local_metadata.get('version', None)
+        if version is None or version < 2:
+            for suffix in ('weight', 'bias'):
+                old = prefix + 'conv_offset_mask.' + suffix
+                new = prefix + 'conv_offset.' + suffix
+                if new not in state_dict and old in state_dict:
+                    state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class DeformConv2d(ModulatedDeformConv2d):
+    """Deformable convolution (DCNv1) with externally supplied offset (mmcv's ``DeformConv2d``).
+
+    Same arguments as :class:`ModulatedDeformConv2d`, but ``bias`` defaults to ``False`` (mmcv's
+    DeformConv2d has none) and ``im2col_step`` is accepted for mmcv compatibility (our kernels need
+    no such chunking: it has no effect). Forward ``(x, offset)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
+                 padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1,
+                 bias: bool = False, im2col_step: int = 32):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         deform_groups, bias)
+
+    def forward(self, x: Tensor, offset: Tensor) -> Tensor:  # type: ignore[override]
+        return modulated_deform_conv2d(x, offset, None, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation, self.groups, self.deform_groups)
+
+
+class DeformConv2dPack(DeformConv2d):
+    """DCNv1 that predicts its own offsets (mmcv's ``DeformConv2dPack``); registered as ``'DConv'``.
+
+    ``conv_offset`` has ``2 * deform_groups * kh * kw`` outputs and is zeroed by ``init_weights()``.
+    """
+
+    _version = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conv_offset = nn.Conv2d(self.in_channels, self.deform_groups * 2 * math.prod(self.kernel_size),
+                                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                                     dilation=self.dilation, bias=True)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if hasattr(self, 'conv_offset'):
+            nn.init.zeros_(self.conv_offset.weight)
+            nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        offset = self.conv_offset(x)
+        return modulated_deform_conv2d(x, offset, None, self.weight, self.bias, self.stride, self.padding,
+                                       self.dilation, self.groups, self.deform_groups)
+
+
+def _register_in_mmengine() -> None:
+    from mmengine.registry import MODELS
+    MODELS.register_module('MDConv', module=ModulatedDeformConv2dPack)
+    MODELS.register_module('DConv', module=DeformConv2dPack)
+
+
+if importlib.util.find_spec('mmengine') is not None:
+    _register_in_mmengine()
