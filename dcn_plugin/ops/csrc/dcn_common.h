@@ -1,0 +1,77 @@
+// Declarations shared by the operator registration and the per-backend kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "deform_sampling.h"
+
+namespace dcn_plugin {
+
+constexpr int64_t kAbiVersion = 1;  // keep equal to dcn_plugin/ops/_library.py ABI_VERSION
+
+// Sizes of one deformable convolution call, derived and validated once.
+struct ConvParams {
+  int64_t n, c, h, w;          // input
+  int64_t o, kh, kw;           // weight (O, C/groups, kh, kw)
+  int64_t ho, wo;              // output
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t groups, deform_groups;
+  bool has_mask;
+  DCN_HOST_DEVICE int64_t k() const { return kh * kw; }
+  DCN_HOST_DEVICE int64_t p() const { return ho * wo; }
+  DCN_HOST_DEVICE int64_t c_per_group() const { return c / groups; }
+  DCN_HOST_DEVICE int64_t o_per_group() const { return o / groups; }
+  DCN_HOST_DEVICE int64_t c_per_deform_group() const { return c / deform_groups; }
+};
+
+// Validates every argument (ranks, shapes, channel/group relations, hyper-parameters, dtypes,
+// devices) and returns the sizes. Raises ValueError / TypeError (TORCH_CHECK_VALUE / _TYPE) with
+// messages that name the argument, the expected and the actual value.
+ConvParams check_and_get_params(const at::Tensor& input, const at::Tensor& offset,
+                                const std::optional<at::Tensor>& mask, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                int64_t deform_groups, bool cuda_dtypes);
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvParams& p);
+
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The per-backend kernels. The device-agnostic driver (deform_conv.cpp) lays the tensors out
+// channels-last, splits the batch into chunks of images [n0, n0 + nc), runs the GEMMs and calls these.
+// Row tensors (all contiguous):
+//   in      (N, H, W, C)           input
+//   off     (N, P, dg*K*2)         offsets, P = Ho*Wo, K = kh*kw, (dy, dx) interleaved
+//   msk     (N, P, dg*K)           mask, or an undefined tensor (DCNv1)
+//   col     (nc, P, groups, K, C/groups) columns of the chunk (im2col writes; the others read the
+//           gradient of the columns in the same layout)
+//   g_off   (N, P, dg*K*2), g_msk (N, P, dg*K): written for images of the chunk; undefined = not wanted
+//   g_in    (N, H, W, C) accumulated into (float32 for half/bfloat16 inputs); zero-initialised
+struct Backend {
+  void (*im2col)(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk, const ConvParams& p,
+                 int64_t n0, int64_t nc, at::Tensor& col);
+  void (*offset_mask_grad)(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk,
+                           const at::Tensor& gcol, const ConvParams& p, int64_t n0, int64_t nc, at::Tensor& g_off,
+                           at::Tensor& g_msk);
+  void (*input_grad)(const at::Tensor& off, const at::Tensor& msk, const at::Tensor& gcol, const ConvParams& p,
+                     int64_t n0, int64_t nc, at::Tensor& g_in);
+  bool cuda;                    // dtype rules (half/bfloat16 allowed) and chunk budget
+  int64_t col_budget_elements;  // the columns buffer of one chunk holds at most this many elements
+};
+
+at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Tensor& offset,
+                        const std::optional<at::Tensor>& mask, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation, int64_t groups, int64_t deform_groups);
+
+BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                             const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
+                             std::array<bool, 5> output_mask);
+
+}  // namespace dcn_plugin

@@ -1,0 +1,148 @@
+// Device-agnostic driver of the modulated deformable convolution: validation, channels-last layout,
+// chunking of the batch, the GEMMs (at::mm: MKL/OpenBLAS on CPU, cuBLAS on CUDA) and the calls into
+// the backend's sampling kernels. One columns buffer per chunk of images, reused across chunks.
+//
+//   forward:  col = im2col(input, offset, mask)                 (nc, P, groups, K*C/g)
+//             out[n, g] (O/g, P) = W[g] (O/g, K*C/g) @ col[n, :, g]^T
+//   backward: gcol[n, :, g] = grad_out[n, g]^T @ W[g]            (the columns' gradient)
+//             grad_W[g] += grad_out[n, g] @ col[n, :, g]          (col recomputed)
+//             grad_offset, grad_mask = backend.offset_mask_grad(gcol, ...)
+//             grad_input             = backend.input_grad(gcol, ...)
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "dcn_common.h"
+
+namespace dcn_plugin {
+
+namespace {
+
+struct Layout {
+  at::Tensor in, off, msk, w;  // channels-last rows; w is (groups, O/g, K*C/g)
+};
+
+Layout channels_last_rows(const ConvParams& p, const at::Tensor& input, const at::Tensor& offset,
+                          const std::optional<at::Tensor>& mask, const at::Tensor& weight) {
+  // permute + contiguous: free for channels_last inputs, one copy otherwise; any strides are fine.
+  Layout l;
+  l.in = input.permute({0, 2, 3, 1}).contiguous();
+  l.off = offset.permute({0, 2, 3, 1}).contiguous();
+  if (p.has_mask) l.msk = mask->permute({0, 2, 3, 1}).contiguous();
+  l.w = weight.permute({0, 2, 3, 1}).contiguous().view({p.groups, p.o_per_group(), p.k() * p.c_per_group()});
+  return l;
+}
+
+// at::zeros ignores a memory format in its options: allocate, then zero.
+at::Tensor zeros_channels_last(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return at::empty(sizes, opts.memory_format(at::MemoryFormat::ChannelsLast)).zero_();
+}
+
+int64_t images_per_chunk(const Backend& be, const ConvParams& p) {
+  const int64_t per_image = std::max<int64_t>(1, p.p() * p.c * p.k());
+  return std::clamp<int64_t>(be.col_budget_elements / per_image, 1, std::max<int64_t>(p.n, 1));
+}
+
+}  // namespace
+
+at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Tensor& offset,
+                        const std::optional<at::Tensor>& mask, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
+  const ConvParams p = check_and_get_params(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                                            deform_groups, be.cuda);
+  at::Tensor out = at::empty({p.n, p.o, p.ho, p.wo}, input.options());
+  if (p.n == 0) return out;
+  const Layout l = channels_last_rows(p, input, offset, mask, weight);
+  const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group();
+  at::Tensor col = at::empty({chunk, P, p.groups, p.k() * p.c_per_group()}, input.options());
+  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
+    const int64_t nc = std::min(chunk, p.n - n0);
+    at::Tensor col_c = col.narrow(0, 0, nc);
+    be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+    for (int64_t i = 0; i < nc; ++i) {
+      at::Tensor out_n = out.select(0, n0 + i).view({p.groups, og, P});
+      for (int64_t g = 0; g < p.groups; ++g) {
+        at::Tensor dst = out_n.select(0, g);
+        at::mm_out(dst, l.w.select(0, g), col_c.select(0, i).select(1, g).t());
+      }
+    }
+  }
+  if (bias.has_value() && bias->defined()) out.add_(bias->view({1, p.o, 1, 1}));
+  return out;
+}
+
+BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                             const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
+                             std::array<bool, 5> output_mask) {
+  const ConvParams p = check_and_get_params(input, offset, mask, weight, std::nullopt, stride, padding, dilation,
+                                            groups, deform_groups, be.cuda);
+  check_grad_output(grad_output, input, p);
+  const bool want_in = output_mask[0], want_off = output_mask[1], want_msk = output_mask[2] && p.has_mask,
+             want_w = output_mask[3], want_b = output_mask[4];
+  const auto opts = input.options();
+  const at::Tensor none = at::empty({0}, opts);
+  // The gradients of input, offset, mask and weight come out channels-last (the layout the kernels
+  // work in); the fake kernels in functional.py promise the same strides.
+  const bool low_precision = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  const auto acc_opts = low_precision ? opts.dtype(at::kFloat) : opts;
+  at::Tensor g_in_acc = want_in ? zeros_channels_last(input.sizes(), acc_opts) : at::Tensor();
+  at::Tensor g_off = want_off ? zeros_channels_last(offset.sizes(), opts) : none;
+  at::Tensor g_msk = want_msk ? zeros_channels_last(mask->sizes(), opts) : none;
+  // weight gradient accumulated over chunks in float32 for half/bfloat16
+  at::Tensor g_w_acc = want_w ? zeros_channels_last(weight.sizes(), acc_opts) : at::Tensor();
+  at::Tensor g_b = want_b ? grad_output.sum({0, 2, 3}) : none;
+  auto finish = [&]() -> BackwardResult {
+    at::Tensor g_in = want_in ? (low_precision ? g_in_acc.to(input.scalar_type()) : g_in_acc) : none;
+    at::Tensor g_w = want_w ? (low_precision ? g_w_acc.to(weight.scalar_type()) : g_w_acc) : none;
+    return {g_in, g_off, g_msk, g_w, g_b};
+  };
+  if (p.n == 0 || !(want_in || want_off || want_msk || want_w)) return finish();
+
+  const Layout l = channels_last_rows(p, input, offset, mask, weight);
+  const at::Tensor go = grad_output.contiguous();
+  const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
+  at::Tensor col = want_w ? at::empty({chunk, P, p.groups, kc}, opts) : at::Tensor();
+  const bool want_gcol = want_in || want_off || want_msk;
+  at::Tensor gcol = want_gcol ? at::empty({chunk, P, p.groups, kc}, opts) : at::Tensor();
+  at::Tensor g_off_rows = want_off ? g_off.permute({0, 2, 3, 1}) : at::Tensor();   // (N, Ho, Wo, 2dgK) contiguous
+  at::Tensor g_msk_rows = want_msk ? g_msk.permute({0, 2, 3, 1}) : at::Tensor();
+  at::Tensor g_in_rows = want_in ? g_in_acc.permute({0, 2, 3, 1}) : at::Tensor();
+  at::Tensor g_w_rows = want_w ? g_w_acc.permute({0, 2, 3, 1}).view({p.groups, og, kc}) : at::Tensor();
+
+  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
+    const int64_t nc = std::min(chunk, p.n - n0);
+    if (want_w) {
+      at::Tensor col_c = col.narrow(0, 0, nc);
+      be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+      for (int64_t g = 0; g < p.groups; ++g) {
+        // grad_W[g] (O/g, K*C/g) += sum over the chunk's images of grad_out[n, g] (O/g, P) @ col[n, :, g];
+        // one GEMM over all images of the chunk: (O/g, nc*P) @ (nc*P, K*C/g)
+        const at::Tensor go_g = go.narrow(0, n0, nc).view({nc, p.groups, og, P}).select(1, g).transpose(0, 1)
+                                    .reshape({og, nc * P});
+        const at::Tensor col_g = col_c.select(2, g).reshape({nc * P, kc});
+        at::Tensor dst = g_w_rows.select(0, g);
+        if (low_precision)
+          dst.add_(at::mm(go_g, col_g).to(at::kFloat));
+        else
+          dst.addmm_(go_g, col_g);
+      }
+    }
+    if (!want_gcol) continue;
+    at::Tensor gcol_c = gcol.narrow(0, 0, nc);
+    for (int64_t i = 0; i < nc; ++i) {
+      const at::Tensor go_n = go.select(0, n0 + i).view({p.groups, og, P});
+      for (int64_t g = 0; g < p.groups; ++g) {
+        at::Tensor dst = gcol_c.select(0, i).select(1, g);
+        at::mm_out(dst, go_n.select(0, g).t(), l.w.select(0, g));
+      }
+    }
+    if (want_off || want_msk) be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
+    if (want_in) be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);
+  }
+  return finish();
+}
+
+}  // namespace dcn_plugin

@@ -1,0 +1,82 @@
+// Bilinear sampling maths shared by the CPU and CUDA kernels (host/device).
+//
+// Conventions (identical to mmcv's and torchvision's deformable convolution):
+//   the sample for output position (ho, wo), kernel point (i, j) and deform group g is taken at
+//     y = ho * stride_h - pad_h + i * dil_h + offset[2 * (g * K + k)]
+//     x = wo * stride_w - pad_w + j * dil_w + offset[2 * (g * K + k) + 1],    k = i * kw + j
+//   by bilinear interpolation of the four neighbouring pixels, each one outside the image counting
+//   as zero; a sample with y <= -1, y >= H, x <= -1 or x >= W (or NaN) is zero altogether.
+// Coordinates and weights are computed in the accumulation type (float for half/bfloat16/float,
+// double for double). floor() is a real floor (a truncating cast is wrong in (-1, 0)).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DCN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define DCN_HOST_DEVICE inline
+#endif
+
+namespace dcn_plugin {
+
+// The four taps of one bilinear sample. A tap outside the image has valid == false and weight 0.
+template <typename acc_t>
+struct BilinearTaps {
+  int64_t y0, x0;          // top-left tap; the others are (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
+  acc_t ly, lx;            // fractional parts: weights are (1-ly)(1-lx), (1-ly)lx, ly(1-lx), ly lx
+  bool in_range;           // the sample touches the image at all
+  bool v00, v01, v10, v11; // which taps lie inside the image
+  acc_t w00, w01, w10, w11;
+};
+
+template <typename acc_t>
+DCN_HOST_DEVICE BilinearTaps<acc_t> bilinear_taps(acc_t y, acc_t x, int64_t height, int64_t width) {
+  BilinearTaps<acc_t> t;
+  // Written so that NaN fails the test: NaN/inf/huge coordinates give an all-zero sample.
+  t.in_range = (y > acc_t(-1)) && (y < acc_t(height)) && (x > acc_t(-1)) && (x < acc_t(width));
+  if (!t.in_range) {
+    t.y0 = t.x0 = 0;
+    t.ly = t.lx = acc_t(0);
+    t.v00 = t.v01 = t.v10 = t.v11 = false;
+    t.w00 = t.w01 = t.w10 = t.w11 = acc_t(0);
+    return t;
+  }
+  const acc_t fy = ::floor(y), fx = ::floor(x);
+  t.y0 = static_cast<int64_t>(fy);
+  t.x0 = static_cast<int64_t>(fx);
+  t.ly = y - fy;
+  t.lx = x - fx;
+  const acc_t hy = acc_t(1) - t.ly, hx = acc_t(1) - t.lx;
+  const bool y0_in = t.y0 >= 0, y1_in = t.y0 + 1 <= height - 1;
+  const bool x0_in = t.x0 >= 0, x1_in = t.x0 + 1 <= width - 1;
+  t.v00 = y0_in && x0_in;
+  t.v01 = y0_in && x1_in;
+  t.v10 = y1_in && x0_in;
+  t.v11 = y1_in && x1_in;
+  t.w00 = t.v00 ? hy * hx : acc_t(0);
+  t.w01 = t.v01 ? hy * t.lx : acc_t(0);
+  t.w10 = t.v10 ? t.ly * hx : acc_t(0);
+  t.w11 = t.v11 ? t.ly * t.lx : acc_t(0);
+  return t;
+}
+
+// Sampling position of kernel point (i, j) for output (ho, wo), before the learned offset.
+template <typename acc_t>
+DCN_HOST_DEVICE acc_t base_coord(int64_t out_pos, int64_t stride, int64_t pad, int64_t kernel_idx,
+                                 int64_t dilation) {
+  return acc_t(out_pos * stride - pad + kernel_idx * dilation);
+}
+
+// Gradient of the sampled value with respect to the coordinates, given the four tap values (zero for
+// taps outside the image): d/dy and d/dx of (1-ly)(1-lx)v00 + (1-ly)lx v01 + ly(1-lx)v10 + ly lx v11.
+template <typename acc_t>
+DCN_HOST_DEVICE void bilinear_coord_grad(const BilinearTaps<acc_t>& t, acc_t v00, acc_t v01, acc_t v10,
+                                         acc_t v11, acc_t& d_dy, acc_t& d_dx) {
+  const acc_t hy = acc_t(1) - t.ly, hx = acc_t(1) - t.lx;
+  d_dy = hx * (v10 - v00) + t.lx * (v11 - v01);
+  d_dx = hy * (v01 - v00) + t.ly * (v11 - v10);
+}
+
+}  // namespace dcn_plugin
