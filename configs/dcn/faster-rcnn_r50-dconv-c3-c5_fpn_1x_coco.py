@@ -1,0 +1,8 @@
+# DCNv1 (deformable conv, no modulation) in the 3x3 convs of stages c3-c5.
+_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['dcn_plugin'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(
+        type='DCNResNet',
+        dcn=dict(type='DConv', deform_groups=1, fallback_on_stride=False),
+        stage_with_dcn=(False, True, True, True)))

@@ -1,0 +1,106 @@
+"""Every shipped config loads, and builds its model (pretrained init switched off: no network)."""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+                 if not osp.basename(p).startswith('_'))
+pytest.importorskip('mmdet')
+
+
+def _ids(paths):
+    return [osp.relpath(p, osp.join(ROOT, 'configs')) for p in paths]
+
+
+def _load(path):
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.init_cfg = None  # no pretrained download in tests
+    return cfg
+
+
+def _build(cfg):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model
+
+
+def test_there_are_configs():
+    names = {osp.basename(p) for p in CONFIGS}
+    for expected in ('faster-rcnn_r50_fpn_1x_coco.py', 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
+                     'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py'):
+        assert expected in names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_ids(CONFIGS))
+def test_config_builds_its_model(path):
+    from dcn_plugin import DeformConv2dPack, ModulatedDeformConv2dPack
+    cfg = _load(path)
+    assert cfg.custom_imports == dict(imports=['dcn_plugin'], allow_failed_imports=False)
+    model = _build(cfg)
+    name = osp.basename(path)
+    dcn = [m for m in model.modules() if isinstance(m, (ModulatedDeformConv2dPack, DeformConv2dPack))]
+    if '-mdconv' in name or 'fpn-mdconv' in name:
+        assert dcn and all(isinstance(m, ModulatedDeformConv2dPack) for m in dcn)
+    elif '-dconv' in name:
+        assert dcn and all(type(m) is DeformConv2dPack for m in dcn)
+    else:
+        assert not dcn
+    if 'group4' in name:
+        assert {m.deform_groups for m in dcn} == {4}
+    if 'fpn-mdconv' in name:
+        assert all(n.startswith('neck.') for n, m in model.named_modules() if m in dcn)
+    elif dcn:  # c3-c5: stages 2-4 of the backbone, every block, none in c2
+        names = [n for n, m in model.named_modules() if isinstance(m, (ModulatedDeformConv2dPack, DeformConv2dPack))]
+        assert all(n.startswith(('backbone.layer2', 'backbone.layer3', 'backbone.layer4')) for n in names)
+        assert any(n.startswith('backbone.layer2') for n in names) and any(n.startswith('backbone.layer4') for n in names)
+    norm = {'gn-all': torch.nn.GroupNorm, 'sampleln-all': 'SampleLayerNorm2d', 'channelln-all': 'ChannelLayerNorm2d'}
+    for key, kind in norm.items():
+        if f'_{key}' in name:
+            types = {type(m).__name__ for m in model.neck.modules()} | {type(m).__name__ for m in model.backbone.modules()}
+            want = kind if isinstance(kind, str) else kind.__name__
+            assert want in types and 'BatchNorm2d' not in types
+            assert want in {type(m).__name__ for m in model.roi_head.bbox_head.modules()}
+    if 'x101' in name:
+        assert model.backbone.groups == 32 and model.backbone.base_width == 4 and model.backbone.depth == 101
+    if 'r101' in name:
+        assert model.backbone.depth == 101
+    if '_amp-' in name:
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+
+
+def test_demo_configs_run_forward_and_match_the_generator():
+    from dcn_plugin.datasets import DEMO_CLASSES
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    for name in ('faster-rcnn_r18_fpn_gn-all_demo-shapes.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py'):
+        cfg = _load(osp.join(ROOT, 'configs', 'demo', name))
+        assert tuple(cfg.metainfo['classes']) == DEMO_CLASSES
+        assert cfg.model.roi_head.bbox_head.num_classes == len(DEMO_CLASSES)
+        model = _build(cfg)
+        torch.manual_seed(0)
+        sample = DetDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64), batch_input_shape=(64, 64),
+                                             scale_factor=(1.0, 1.0), ori_shape=(64, 64)))
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([[8.0, 8.0, 40.0, 30.0]]), labels=torch.tensor([1]))
+        losses = model(torch.randn(1, 3, 64, 64), [sample], mode='loss')
+        total = sum(v if torch.is_tensor(v) else sum(v) for k, v in losses.items() if 'loss' in k)
+        assert torch.isfinite(total)
+        total.backward()
+
+
+def test_data_root_is_changeable_from_the_command_line():
+    from dcn_plugin.apis import load_config
+    cfg = load_config(osp.join(ROOT, 'configs', 'dcn', 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'),
+                      cfg_options={'data_root': '/datasets/coco'})
+    assert cfg.data_root == '/datasets/coco/'
+    assert cfg.train_dataloader.dataset.data_root == '/datasets/coco/'
+    assert cfg.test_dataloader.dataset.data_root == '/datasets/coco/'
+    assert cfg.val_evaluator.ann_file == '/datasets/coco/annotations/instances_val2017.json'
+    assert cfg.test_evaluator.ann_file == '/datasets/coco/annotations/instances_val2017.json'

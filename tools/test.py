@@ -1,0 +1,54 @@
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] ...``.
+
+Prints the COCO bbox metrics (pycocotools' table, through mmdet's CocoMetric) and saves them as
+``<work dir>/test_metrics.json``. A thin script over mmengine's Runner; the work lives in
+:mod:`dcn_plugin.apis`.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
+
+from mmengine.config import DictAction  # noqa: E402
+
+from dcn_plugin.apis import build_runner, load_config, save_metrics, setup_test_cfg  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where metrics and logs go (default: work_dirs/<config name>)')
+    parser.add_argument('--out', help='also dump the raw predictions to this .pkl file')
+    parser.add_argument('--show', action='store_true', help='show the detections in a window')
+    parser.add_argument('--show-dir', help='save drawn detections to <work dir>/<timestamp>/<show dir>')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds each picture is shown (--show)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (e.g. data_root=/data/coco/)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    setup_test_cfg(cfg, args.checkpoint, show_dir=args.show_dir, show=args.show, wait_time=args.wait_time)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit('--out must name a .pkl or .pickle file')
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    metrics = runner.test()
+    save_metrics(metrics, cfg.work_dir, checkpoint=args.checkpoint, config=args.config)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,54 @@
+"""Draw the sampling locations of a detector's deformable layers for a few output positions.
+
+    python tools/visualize_offsets.py CONFIG CHECKPOINT IMAGE [--points X,Y ...] [--num-layers 3] [--out PNG]
+
+The locations of the last ``--num-layers`` deformable layers of the backbone are stacked (each
+sampling point of one layer is an output unit of the layer before, as in the DCN papers' figures),
+coloured by the product of the modulation weights for DCNv2. Default positions: the centres of the
+top detections. The PNG goes under work_dirs/visualize_offsets/ unless --out says otherwise.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+
+from dcn_plugin.apis.visualize import visualize_offsets  # noqa: E402
+
+
+def _point(text: str):
+    try:
+        x, y = (float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'a point is X,Y in image pixels, got {text!r}')
+    return x, y
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description='Visualise deformable conv sampling locations')
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('image')
+    parser.add_argument('--points', nargs='+', type=_point, help='output positions X,Y in image pixels')
+    parser.add_argument('--num-layers', type=int, default=3, help='consecutive DCN layers to stack')
+    parser.add_argument('--layers', default='backbone', help='regex on module names of the layers to use')
+    parser.add_argument('--group', type=int, default=0, help='deform group whose offsets are followed')
+    parser.add_argument('--score-thr', type=float, default=0.3)
+    parser.add_argument('--topk', type=int, default=3, help='detections used as default positions')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--out', help='PNG path (default under work_dirs/visualize_offsets/)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(argv)
+    path = visualize_offsets(args.config, args.checkpoint, args.image, out=args.out, points=args.points,
+                             num_layers=args.num_layers, layers=args.layers, group=args.group,
+                             score_thr=args.score_thr, topk=args.topk, device=args.device,
+                             cfg_options=args.cfg_options)
+    print_log(f'offset visualisation written to {path}', logger='current')
+    return path
+
+
+if __name__ == '__main__':
+    main()
