@@ -33,7 +33,7 @@ def want_cuda() -> bool:
 def extensions():
     cpp_std = '-std=c++20'  # torch >= 2.10 headers require C++20
     sources = sorted(glob.glob(os.path.join(CSRC, '*.cpp')) + glob.glob(os.path.join(CSRC, 'cpu', '*.cpp')))
-    define_macros = [('Py_LIMITED_API', '0x030a0000')]
+    define_macros = []  # (torch adds Py_LIMITED_API for py_limited_api=True)
     extra = {'cxx': ['-O3', cpp_std, '-fno-math-errno']}
     ext_cls = cpp_extension.CppExtension
     if want_cuda():

@@ -1,0 +1,75 @@
+"""A slow, readable pure-PyTorch modulated deformable convolution: the specification of the op.
+
+Used by the tests (float64 parity for the output and, through autograd, every gradient) and by the
+benchmark's agreement check. Same arguments and semantics as :func:`modulated_deform_conv2d`.
+"""
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+IntPair = Union[int, Sequence[int]]
+
+
+def _pair(v: IntPair):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def bilinear_sample(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """Sample ``img (N, C, H, W)`` at ``y, x (N, Ho, Wo)``; zero outside, as the op does.
+
+    A sample with ``y <= -1``, ``y >= H``, ``x <= -1``, ``x >= W`` or NaN is zero; otherwise each of the
+    four taps outside the image counts as zero.
+    """
+    n, c, h, w = img.shape
+    valid = (y > -1) & (y < h) & (x > -1) & (x < w)
+    y = torch.where(valid, y, torch.zeros_like(y))
+    x = torch.where(valid, x, torch.zeros_like(x))
+    y0, x0 = torch.floor(y), torch.floor(x)
+    ly, lx = y - y0, x - x0
+    flat = img.reshape(n, c, h * w)
+    out = img.new_zeros(n, c, *y.shape[1:])
+    for dy in (0, 1):
+        for dx in (0, 1):
+            yy, xx = y0 + dy, x0 + dx
+            inside = valid & (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
+            wgt = (ly if dy else 1 - ly) * (lx if dx else 1 - lx)
+            wgt = torch.where(inside, wgt, torch.zeros_like(wgt))
+            idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().reshape(n, 1, -1).expand(n, c, -1)
+            out = out + wgt.unsqueeze(1) * flat.gather(2, idx).reshape(out.shape)
+    return out
+
+
+def modulated_deform_conv2d_reference(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor,
+                                      bias: Optional[Tensor] = None, stride: IntPair = 1, padding: IntPair = 0,
+                                      dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1) -> Tensor:
+    """Reference DCNv2 (DCNv1 with ``mask=None``); shapes as in :func:`modulated_deform_conv2d`."""
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    n, c, h, w = input.shape
+    o, cg, kh, kw = weight.shape
+    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    kk, cd = kh * kw, c // deform_groups
+    base_y = (torch.arange(ho, dtype=input.dtype, device=input.device) * sh - ph).view(1, ho, 1)
+    base_x = (torch.arange(wo, dtype=input.dtype, device=input.device) * sw - pw).view(1, 1, wo)
+    cols = []  # per channel block, (N, Cd, K, Ho, Wo)
+    for g in range(deform_groups):
+        per_k = []
+        for i in range(kh):
+            for j in range(kw):
+                k = i * kw + j
+                y = base_y + i * dh + offset[:, 2 * (g * kk + k)]
+                x = base_x + j * dw + offset[:, 2 * (g * kk + k) + 1]
+                v = bilinear_sample(input[:, g * cd:(g + 1) * cd], y, x)
+                if mask is not None:
+                    v = v * mask[:, g * kk + k].unsqueeze(1)
+                per_k.append(v)
+        cols.append(torch.stack(per_k, dim=2))
+    col = torch.cat(cols, dim=1).reshape(n, groups, cg * kk, ho * wo)
+    out = torch.einsum('gok,ngkp->ngop', weight.reshape(groups, o // groups, cg * kk), col)
+    out = out.reshape(n, o, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, o, 1, 1)
+    return out
