@@ -23,7 +23,7 @@ def _tool():
 
 def _tiny_config(**kw):
     kw = {'shapes': [PRESETS['tiny']], 'repeat': 2, 'warmup': 1, 'impls': ('ours', 'torchvision', 'conv2d'),
-          'progress': False, **kw}
+          'progress': False, 'threads': 1, **kw}  # 1 thread: no OpenMP stalls on a loaded machine
     return BenchConfig(**kw)
 
 
@@ -104,7 +104,7 @@ def test_unavailable_implementation_is_skipped_with_a_note(monkeypatch):
 
 def test_tool_quick_run_writes_its_outputs(tmp_path, capsys):
     rc = _tool().main(['--quick', '--shapes', 'tiny', '--impls', 'torchvision', 'conv2d', '--no-progress',
-                       '--repeat', '1', '--warmup', '0', '--out-dir', str(tmp_path), '--tag', 't'])
+                       '--repeat', '1', '--warmup', '0', '--threads', '1', '--out-dir', str(tmp_path), '--tag', 't'])
     assert rc == 0
     assert '## Time (ms, median)' in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == [f'op_benchmark_cpu_float32_t.{ext}' for ext in ('json', 'md', 'png')]
@@ -129,3 +129,43 @@ def test_mmcv_runs_and_agrees_when_installed():
         pytest.skip(res['skipped']['mmcv'])
     assert 'error' not in entry['results']['mmcv'], entry['results']['mmcv']
     assert entry['agreement']['ok']['mmcv'], entry['agreement']['max_abs_diff']
+
+
+def test_cuda_precision_modes_set_tf32_only_for_tf32_and_restore_the_flags():
+    from dcn_plugin.benchmark.op_benchmark import _precision
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if not hasattr(matmul, 'fp32_precision'):
+        pytest.skip('torch < 2.9: legacy TF32 flags')
+    before = (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark)
+    with _precision(torch.device('cuda'), 'tf32'):
+        assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == ('tf32', 'tf32', True)
+    with _precision(torch.device('cuda'), 'float32'):  # true fp32: cuDNN's TF32 default switched off too
+        assert (matmul.fp32_precision, cudnn.conv.fp32_precision) == ('ieee', 'ieee')
+    assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == before
+
+
+def test_gpu_check_script_parses_and_its_summary_reads_a_result_folder(tmp_path, tiny_results):
+    import subprocess
+    script = os.path.join(ROOT, 'tools', 'gpu_check.sh')
+    assert subprocess.run(['bash', '-n', script]).returncode == 0
+    assert subprocess.run(['bash', script], capture_output=True).returncode == 2  # no OUTDIR: usage
+    (tmp_path / 'steps.tsv').write_text('env\tok\t0\t3\tenv.log\nbuild\tok\t0\t95\tbuild.log\n'
+                                        'tests\tfailed\t1\t40\ttests.log\n')
+    (tmp_path / 'tests.xml').write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_ops.test_cuda" name="test_a" time="0.1"/>'
+        '<testcase classname="tests.test_ops.test_cuda" name="test_b" time="0.2"><failure message="boom">tb'
+        '</failure></testcase><testcase classname="t" name="test_c"><skipped message="no GPU"/></testcase>'
+        '</testsuite></testsuites>')
+    write_reports(tiny_results, str(tmp_path), 'op_benchmark_cuda_tf32')
+    spec = importlib.util.spec_from_file_location('gpu_summary', os.path.join(ROOT, 'dcn_plugin', 'benchmark',
+                                                                              'gpu_summary.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(tmp_path)]) == 1  # a failed step and a failed test
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    assert summary['tests']['counts'] == {'passed': 1, 'failed': 1, 'error': 0, 'skipped': 1}
+    assert summary['tests']['failed'][0]['test'].endswith('test_b') and summary['tests']['failed'][0]['message'] == 'boom'
+    assert summary['benchmarks'][0]['shapes'][0]['results']['ours']['fwd_ms'] > 0
+    text = (tmp_path / 'summary.txt').read_text()
+    assert 'FAIL tests.test_ops.test_cuda::test_b: boom' in text and 'torchvision/ours' in text

@@ -573,8 +573,16 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = lambda msg: Non
     device = torch.device(cfg.device)
     if device.type == 'cuda' and device.index is None:
         device = torch.device('cuda', torch.cuda.current_device())
+    threads_before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, device, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(cfg: BenchConfig, device: torch.device, log: Callable[[str], None]) -> Dict[str, Any]:
     dtype = _TORCH_DTYPE[cfg.dtype]
 
     impls: List[Impl] = []
