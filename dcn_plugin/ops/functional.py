@@ -75,7 +75,8 @@ def check_args(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Te
             raise ValueError(f'{name} must be on the same device as input ({dev}), got {t.device}')
     allowed = _CUDA_DTYPES if dev.type == 'cuda' else _CPU_DTYPES
     if check_dtypes and input.dtype not in allowed:
-        raise TypeError(f'input dtype must be one of {[str(d) for d in allowed]} on {dev.type}, '
+        names = [str(d).replace('torch.', '') for d in allowed]
+        raise TypeError(f'input dtype must be {", ".join(names[:-1])} or {names[-1]} on {dev.type}, '
                         f'got {input.dtype}')
     for name, t in named[1:]:
         if check_dtypes and t.dtype != input.dtype:
@@ -170,7 +171,8 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
 def _autocast_active(input: Tensor) -> bool:
     # Under autocast the tensors reach the kernels only after the op's autocast kernel has cast them,
     # so mixed dtypes here are legitimate; the kernels validate dtypes again after the casts.
-    return isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type)
+    return (isinstance(input, torch.Tensor) and input.device.type in ('cpu', 'cuda')
+            and torch.is_autocast_enabled(input.device.type))
 
 
 # ----------------------------------------------------------------------------- fake (meta) kernels
@@ -185,12 +187,18 @@ def _fake_backward(grad_output, input, offset, mask, weight, stride, padding, di
                    deform_groups, output_mask):
     check_args(input, offset, mask, weight, None, stride, padding, dilation, groups, deform_groups)
     want_in, want_off, want_mask, want_w, want_b = output_mask
-    empty = input.new_empty((0,))
-    return (input.new_empty(input.shape) if want_in else empty,
-            offset.new_empty(offset.shape) if want_off else empty,
-            mask.new_empty(mask.shape) if (want_mask and mask is not None) else empty,
-            weight.new_empty(weight.shape) if want_w else empty,
-            weight.new_empty((weight.shape[0],)) if want_b else empty)
+
+    def empty():  # one fresh tensor per gradient not asked for (op outputs never alias)
+        return input.new_empty((0,))
+
+    def like(t):  # the kernels produce these gradients channels-last
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
+
+    return (like(input) if want_in else empty(),
+            like(offset) if want_off else empty(),
+            like(mask) if (want_mask and mask is not None) else empty(),
+            like(weight) if want_w else empty(),
+            weight.new_empty((weight.shape[0],)) if want_b else empty())
 
 
 # ----------------------------------------------------------------------------- autograd

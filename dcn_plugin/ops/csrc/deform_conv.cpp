@@ -83,20 +83,21 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   const bool want_in = output_mask[0], want_off = output_mask[1], want_msk = output_mask[2] && p.has_mask,
              want_w = output_mask[3], want_b = output_mask[4];
   const auto opts = input.options();
-  const at::Tensor none = at::empty({0}, opts);
+  // a fresh empty tensor for each gradient not asked for (outputs of an op must not alias)
+  auto none = [&opts] { return at::empty({0}, opts); };
   // The gradients of input, offset, mask and weight come out channels-last (the layout the kernels
   // work in); the fake kernels in functional.py promise the same strides.
   const bool low_precision = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
   const auto acc_opts = low_precision ? opts.dtype(at::kFloat) : opts;
   at::Tensor g_in_acc = want_in ? zeros_channels_last(input.sizes(), acc_opts) : at::Tensor();
-  at::Tensor g_off = want_off ? zeros_channels_last(offset.sizes(), opts) : none;
-  at::Tensor g_msk = want_msk ? zeros_channels_last(mask->sizes(), opts) : none;
+  at::Tensor g_off = want_off ? zeros_channels_last(offset.sizes(), opts) : none();
+  at::Tensor g_msk = want_msk ? zeros_channels_last(mask->sizes(), opts) : none();
   // weight gradient accumulated over chunks in float32 for half/bfloat16
   at::Tensor g_w_acc = want_w ? zeros_channels_last(weight.sizes(), acc_opts) : at::Tensor();
-  at::Tensor g_b = want_b ? grad_output.sum({0, 2, 3}) : none;
+  at::Tensor g_b = want_b ? grad_output.sum({0, 2, 3}) : none();
   auto finish = [&]() -> BackwardResult {
-    at::Tensor g_in = want_in ? (low_precision ? g_in_acc.to(input.scalar_type()) : g_in_acc) : none;
-    at::Tensor g_w = want_w ? (low_precision ? g_w_acc.to(weight.scalar_type()) : g_w_acc) : none;
+    at::Tensor g_in = want_in ? (low_precision ? g_in_acc.to(input.scalar_type()) : g_in_acc) : none();
+    at::Tensor g_w = want_w ? (low_precision ? g_w_acc.to(weight.scalar_type()) : g_w_acc) : none();
     return {g_in, g_off, g_msk, g_w, g_b};
   };
   if (p.n == 0 || !(want_in || want_off || want_msk || want_w)) return finish();

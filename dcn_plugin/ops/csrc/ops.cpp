@@ -26,22 +26,35 @@ namespace dcn_plugin {
 
 namespace {
 
-std::string shape_str(const at::Tensor& t) {
+// Messages print shapes and dtypes as Python does ("(2, 3)", "(5,)", "torch.float32"), so the C++
+// checks read the same as the Python ones in dcn_plugin/ops/functional.py.
+std::string tuple_str(at::IntArrayRef v) {
   std::ostringstream ss;
-  ss << t.sizes();
+  ss << "(";
+  for (size_t i = 0; i < v.size(); ++i) ss << (i ? ", " : "") << v[i];
+  ss << (v.size() == 1 ? ",)" : ")");
   return ss.str();
 }
 
-std::string shape_str(std::initializer_list<int64_t> s) {
-  std::ostringstream ss;
-  ss << at::IntArrayRef(s);
-  return ss.str();
+std::string shape_str(const at::Tensor& t) { return tuple_str(t.sizes()); }
+std::string shape_str(std::initializer_list<int64_t> s) { return tuple_str(at::IntArrayRef(s)); }
+
+std::string dtype_str(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    default: return std::string("torch.") + c10::toString(t);
+  }
 }
 
 void check_pair(at::IntArrayRef v, const char* name, int64_t low) {
-  TORCH_CHECK_VALUE(v.size() == 2, name, " must have 2 values (h, w), got ", v.size());
+  TORCH_CHECK_VALUE(v.size() == 2, name, " must be a pair of ints, got ", tuple_str(v));
   TORCH_CHECK_VALUE(v[0] >= low && v[1] >= low, name, " must be a pair of ",
-                    low == 1 ? "positive" : "non-negative", " ints, got ", v);
+                    low == 1 ? "positive" : "non-negative", " ints, got ", tuple_str(v));
 }
 
 bool is_allowed_dtype(at::ScalarType t, bool cuda) {
@@ -76,16 +89,12 @@ ConvParams check_and_get_params(const at::Tensor& input, const at::Tensor& offse
                                   "), got ", bias->device());
   const auto dt = input.scalar_type();
   TORCH_CHECK_TYPE(is_allowed_dtype(dt, cuda_dtypes), "input dtype must be ",
-                   cuda_dtypes ? "float16, bfloat16, float32 or float64 on CUDA" : "float32 or float64 on CPU",
-                   ", got ", dt);
-  TORCH_CHECK_TYPE(offset.scalar_type() == dt, "offset dtype must match input dtype (", dt, "), got ",
-                   offset.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == dt, "weight dtype must match input dtype (", dt, "), got ",
-                   weight.scalar_type());
-  if (has_mask) TORCH_CHECK_TYPE(mask->scalar_type() == dt, "mask dtype must match input dtype (", dt, "), got ",
-                                 mask->scalar_type());
-  if (has_bias) TORCH_CHECK_TYPE(bias->scalar_type() == dt, "bias dtype must match input dtype (", dt, "), got ",
-                                 bias->scalar_type());
+                   cuda_dtypes ? "float16, bfloat16, float32 or float64 on cuda" : "float32 or float64 on cpu",
+                   ", got ", dtype_str(dt));
+  TORCH_CHECK_TYPE(offset.scalar_type() == dt, "offset dtype must match input dtype (", dtype_str(dt), "), got ", dtype_str(offset.scalar_type()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == dt, "weight dtype must match input dtype (", dtype_str(dt), "), got ", dtype_str(weight.scalar_type()));
+  if (has_mask) TORCH_CHECK_TYPE(mask->scalar_type() == dt, "mask dtype must match input dtype (", dtype_str(dt), "), got ", dtype_str(mask->scalar_type()));
+  if (has_bias) TORCH_CHECK_TYPE(bias->scalar_type() == dt, "bias dtype must match input dtype (", dtype_str(dt), "), got ", dtype_str(bias->scalar_type()));
 
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
@@ -136,7 +145,7 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, c
                     "grad_output must have the output's shape ", shape_str({p.n, p.o, p.ho, p.wo}), ", got ",
                     shape_str(grad_output));
   TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output dtype must match input dtype (",
-                   input.scalar_type(), "), got ", grad_output.scalar_type());
+                   dtype_str(input.scalar_type()), "), got ", dtype_str(grad_output.scalar_type()));
   TORCH_CHECK_VALUE(grad_output.device() == input.device(), "grad_output must be on the same device as input (",
                     input.device(), "), got ", grad_output.device());
 }

@@ -1,0 +1,112 @@
+"""Every malformed input raises a Python exception naming the argument, expected and actual value,
+before any kernel runs: through the function, through the raw op (C++ checks) and under compile."""
+import re
+
+import pytest
+import torch
+
+from dcn_plugin.ops import modulated_deform_conv2d
+
+from op_cases import Case
+
+BASE = Case(n=2, c=4, o=6, h=7, w=6, groups=2, deform_groups=2)  # weight (6, 2, 3, 3), Ho=7, Wo=6
+
+
+def _args():
+    x, offset, mask, weight, bias = BASE.make()
+    return dict(input=x, offset=offset, mask=mask, weight=weight, bias=bias, stride=1, padding=1, dilation=1,
+                groups=2, deform_groups=2)
+
+
+MALFORMED = [
+    # (id, changes to the arguments, exception type, regex the message must match)
+    ('offset channels', dict(offset=torch.zeros(2, 35, 7, 6, dtype=torch.float64)), ValueError,
+     r'offset must have shape .*\(2, 36, 7, 6\).*got \(2, 35, 7, 6\)'),
+    ('offset spatial size', dict(offset=torch.zeros(2, 36, 6, 6, dtype=torch.float64)), ValueError,
+     r'offset must have shape .*\(2, 36, 7, 6\).*got \(2, 36, 6, 6\)'),
+    ('offset batch', dict(offset=torch.zeros(3, 36, 7, 6, dtype=torch.float64)), ValueError,
+     r'offset must have shape .*got \(3, 36, 7, 6\)'),
+    ('mask channels', dict(mask=torch.zeros(2, 9, 7, 6, dtype=torch.float64)), ValueError,
+     r'mask must have shape .*\(2, 18, 7, 6\).*got \(2, 9, 7, 6\)'),
+    ('mask spatial size', dict(mask=torch.zeros(2, 18, 7, 5, dtype=torch.float64)), ValueError,
+     r'mask must have shape .*got \(2, 18, 7, 5\)'),
+    ('weight channels vs groups', dict(weight=torch.zeros(6, 4, 3, 3, dtype=torch.float64)), ValueError,
+     r'weight must have input channels / groups = 4 / 2 = 2 .*got weight shape \(6, 4, 3, 3\)'),
+    ('out channels vs groups', dict(weight=torch.zeros(5, 2, 3, 3, dtype=torch.float64),
+                                    bias=torch.zeros(5, dtype=torch.float64)), ValueError,
+     r'weight out channels \(5\) must be divisible by groups \(2\)'),
+    ('input channels vs groups', dict(groups=3), ValueError, r'input channels \(4\) must be divisible by groups \(3\)'),
+    ('input channels vs deform_groups', dict(deform_groups=3), ValueError,
+     r'input channels \(4\) must be divisible by deform_groups \(3\)'),
+    ('bias length', dict(bias=torch.zeros(5, dtype=torch.float64)), ValueError,
+     r'bias must have shape \(out_channels,\) = \(6,\), got \(5,\)'),
+    ('zero stride', dict(stride=0), ValueError, r'stride must be a pair of positive ints, got \(0, 0\)'),
+    ('negative stride', dict(stride=(1, -2)), ValueError, r'stride must be a pair of positive ints, got \(1, -2\)'),
+    ('zero dilation', dict(dilation=(0, 1)), ValueError, r'dilation must be a pair of positive ints, got \(0, 1\)'),
+    ('negative padding', dict(padding=-1), ValueError, r'padding must be a pair of non-negative ints, got \(-1, -1\)'),
+    ('zero groups', dict(groups=0), ValueError, r'groups must be a positive int, got 0'),
+    ('zero deform_groups', dict(deform_groups=0), ValueError, r'deform_groups must be a positive int, got 0'),
+    ('input rank', dict(input=torch.zeros(4, 7, 6, dtype=torch.float64)), ValueError,
+     r'input must be a 4-D tensor.*\(4, 7, 6\)'),
+    ('weight rank', dict(weight=torch.zeros(6, 2, 9, dtype=torch.float64)), ValueError,
+     r'weight must be a 4-D tensor.*\(6, 2, 9\)'),
+    ('offset rank', dict(offset=torch.zeros(2, 36, 42, dtype=torch.float64)), ValueError, r'offset must be a 4-D'),
+    ('bias rank', dict(bias=torch.zeros(6, 1, dtype=torch.float64)), ValueError, r'bias must be a 1-D'),
+    ('mixed dtypes', dict(offset=torch.zeros(2, 36, 7, 6, dtype=torch.float32)), TypeError,
+     r'offset dtype must match input dtype \(torch.float64\), got torch.float32'),
+    ('integer input', dict(input=torch.zeros(2, 4, 7, 6, dtype=torch.int64)), TypeError,
+     r'input dtype must be float32 or float64 on cpu, got torch.int64'),
+    ('half on CPU', dict(input=torch.zeros(2, 4, 7, 6, dtype=torch.float16)), TypeError,
+     r'input dtype must be float32 or float64 on cpu, got torch.float16'),
+    ('mixed devices', dict(weight=torch.zeros(6, 2, 3, 3, dtype=torch.float64, device='meta')), ValueError,
+     r'weight must be on the same device as input \(cpu\), got meta'),
+    ('kernel larger than padded input', dict(input=torch.zeros(2, 4, 1, 6, dtype=torch.float64), padding=0),
+     ValueError, r'the dilated kernel \(3x3\) is larger than the padded input \(1x6\)'),
+    ('stride not int', dict(stride=1.5), TypeError, r'stride must be an int or a pair of ints, got 1.5'),
+    ('padding triple', dict(padding=(1, 1, 1)), TypeError, r'padding must be an int or a pair of ints'),
+    ('input not a tensor', dict(input=[[1.0]]), TypeError, r'input must be a torch.Tensor, got list'),
+]
+
+
+@pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_function_rejects_malformed_input(change, exc, pattern):
+    args = _args()
+    args.update(change)
+    with pytest.raises(exc, match=pattern):
+        modulated_deform_conv2d(**args)
+
+
+def _pair(v):
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+# the raw op bypasses the Python checks: the C++ checks must say the same things
+RAW = [m for m in MALFORMED if m[0] not in ('stride not int', 'padding triple', 'input not a tensor')]
+
+
+@pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in RAW], ids=[m[0] for m in RAW])
+def test_raw_op_rejects_malformed_input_from_cpp(change, exc, pattern):
+    args = _args()
+    args.update(change)
+    if args['weight'].device.type == 'meta':  # the dispatcher itself refuses mixed cpu/meta tensors
+        pytest.skip('mixed cpu/meta is refused by the dispatcher before any kernel')
+    with pytest.raises(exc, match=pattern):
+        torch.ops.dcn_plugin.modulated_deform_conv2d(
+            args['input'], args['offset'], args['mask'], args['weight'], args['bias'], _pair(args['stride']),
+            _pair(args['padding']), _pair(args['dilation']), args['groups'], args['deform_groups'])
+
+
+def test_validation_also_runs_when_compiled():
+    args = _args()
+    args['offset'] = torch.zeros(2, 35, 7, 6, dtype=torch.float64)
+    fn = torch.compile(lambda a: modulated_deform_conv2d(**a), backend='aot_eager', fullgraph=True)
+    with pytest.raises(Exception, match=re.escape('offset must have shape')):
+        fn(args)
+
+
+def test_backward_op_rejects_wrong_grad_output_shape():
+    x, offset, mask, weight, bias = BASE.make()
+    with pytest.raises(ValueError, match=r'grad_output must have the output.s shape'):
+        torch.ops.dcn_plugin.modulated_deform_conv2d_backward(
+            torch.zeros(2, 6, 7, 5, dtype=torch.float64), x, offset, mask, weight, [1, 1], [1, 1], [1, 1], 2, 2,
+            [True] * 5)
