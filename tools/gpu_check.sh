@@ -6,6 +6,7 @@
 #   tools/gpu_check.sh OUTDIR                    # on a GPU machine, from anywhere
 #   tools/gpu_check.sh --dry-run OUTDIR          # no GPU needed: all but the build; benchmark on CPU
 #   tools/gpu_check.sh --archive FILE OUTDIR     # also pack OUTDIR into FILE (.tar.gz)
+#   --skip-build (use the dcn_plugin/_C already built here), --skip-tests, --skip-bench: split a run
 #
 # Needs python3 with torch (CUDA build), torchvision and pytest, and nvcc; not mmcv or mmdet (without
 # mmdet the op package imports only torch); no network. The extension is built in place
@@ -29,14 +30,20 @@
 # Typical times on one H100 with 16 cores: build 1-3 min, tests about 1 min, benchmarks under 1 min.
 set -uo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 DRY_RUN=0
+SKIP_BUILD=0
+SKIP_TESTS=0
+SKIP_BENCH=0
 ARCHIVE=''
 OUTDIR=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY_RUN=1 ;;
+    --skip-build) SKIP_BUILD=1 ;;
+    --skip-tests) SKIP_TESTS=1 ;;
+    --skip-bench) SKIP_BENCH=1 ;;
     --archive) [ $# -ge 2 ] || usage; ARCHIVE="$2"; shift ;;
     -h|--help) usage ;;
     -*) echo "gpu_check: unknown option $1" >&2; usage ;;
@@ -147,6 +154,9 @@ built=0
 if [ "$DRY_RUN" = 1 ]; then
   skip_step build "dry run: would run FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST $PY setup.py build_ext --inplace"
   built=1  # use whatever dcn_plugin/_C is already here
+elif [ "$SKIP_BUILD" = 1 ]; then
+  skip_step build '--skip-build: using the dcn_plugin/_C built earlier'
+  built=1
 else
   step build "${BUILD_TIMEOUT:-420}" build.log -- "$PY" setup.py build_ext --inplace && built=1
 fi
@@ -183,7 +193,9 @@ fi
 
 # ------------------------------------------------------------------ CUDA tests
 # --noconftest: the file is self-contained; a conftest that needs mmdet must not stop it here
-if [ "$imported" = 1 ] || [ "$DRY_RUN" = 1 ]; then
+if [ "$SKIP_TESTS" = 1 ]; then
+  skip_step tests '--skip-tests'
+elif [ "$imported" = 1 ] || [ "$DRY_RUN" = 1 ]; then
   step tests "${TEST_TIMEOUT:-300}" tests.log -- "$PY" -m pytest tests/test_ops/test_cuda.py -v -rfEs \
     --noconftest -p no:cacheprovider --junitxml="$OUT/tests.xml" -o junit_family=xunit2
 else
@@ -192,6 +204,10 @@ fi
 
 # ------------------------------------------------------------------ benchmarks
 for dt in $BENCH_DTYPES; do
+  if [ "$SKIP_BENCH" = 1 ]; then
+    skip_step "bench_$dt" '--skip-bench'
+    continue
+  fi
   if [ "$imported" != 1 ]; then
     skip_step "bench_$dt" 'no working build'
     continue

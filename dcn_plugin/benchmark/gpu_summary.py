@@ -103,7 +103,7 @@ def summarize(out_dir: str) -> Dict[str, Any]:
     ok = bool(steps) and all(s['status'] in ('ok', 'skipped') for s in steps)
     if tests and (tests.get('error') or tests['counts']['failed'] or tests['counts']['error']):
         ok = False
-    return {'ok': ok, 'dry_run': any(s['name'] == 'build' and s['status'] == 'skipped' for s in steps),
+    return {'ok': ok, 'dry_run': any(s['name'] == 'build' and s['log'].startswith('dry run') for s in steps),
             'environment': env, 'steps': steps, 'tests': tests, 'benchmarks': read_benchmarks(out_dir)}
 
 
