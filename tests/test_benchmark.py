@@ -38,7 +38,8 @@ def test_parse_shapes_resolves_groups_presets_and_specs_in_order_without_duplica
     assert shapes[0].name == 'r50-640-c3' and shapes[0].out_hw() == (80, 80)
     assert parse_shapes(['128@128x128/s2'])[0].out_hw() == (64, 64)
     issue = parse_shapes(['issue'])
-    assert [(s.channels, s.height, s.stride) for s in issue] == [(128, 64, 1), (256, 32, 1), (512, 16, 1), (128, 128, 2)]
+    assert [(s.channels, s.height, s.stride) for s in issue] == [(128, 64, 1), (256, 32, 1), (512, 16, 1),
+                                                                 (128, 128, 2)]
     assert [s.out_hw() for s in parse_shapes(['r50-1333'])] == [(100, 168), (50, 84), (25, 42)]
 
 
@@ -165,7 +166,8 @@ def test_gpu_check_script_parses_and_its_summary_reads_a_result_folder(tmp_path,
     assert mod.main([str(tmp_path)]) == 1  # a failed step and a failed test
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['tests']['counts'] == {'passed': 1, 'failed': 1, 'error': 0, 'skipped': 1}
-    assert summary['tests']['failed'][0]['test'].endswith('test_b') and summary['tests']['failed'][0]['message'] == 'boom'
+    failed = summary['tests']['failed'][0]
+    assert failed['test'].endswith('test_b') and failed['message'] == 'boom'
     assert summary['benchmarks'][0]['shapes'][0]['results']['ours']['fwd_ms'] > 0
     text = (tmp_path / 'summary.txt').read_text()
     assert 'FAIL tests.test_ops.test_cuda::test_b: boom' in text and 'torchvision/ours' in text

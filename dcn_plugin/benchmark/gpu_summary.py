@@ -30,8 +30,9 @@ def read_steps(out_dir: str) -> List[Dict[str, Any]]:
         for line in f:
             parts = line.rstrip('\n').split('\t')
             if len(parts) >= 5:
-                steps.append({'name': parts[0], 'status': parts[1], 'rc': int(parts[2]) if parts[2].lstrip('-').isdigit()
-                              else None, 'seconds': float(parts[3]) if parts[3] else None, 'log': parts[4]})
+                rc = int(parts[2]) if parts[2].lstrip('-').isdigit() else None
+                steps.append({'name': parts[0], 'status': parts[1], 'rc': rc,
+                              'seconds': float(parts[3]) if parts[3] else None, 'log': parts[4]})
     return steps
 
 
@@ -143,7 +144,8 @@ def format_summary(s: Dict[str, Any]) -> str:
             for name in ('ours', 'torchvision', 'mmcv', 'conv2d'):
                 if name in r:
                     x = r[name]
-                    cells.append(f'{name} ' + ('error' if 'error' in x else f'{_ms(x.get("fwd_ms"))}/{_ms(x.get("fwdbwd_ms"))}'))
+                    times = f'{_ms(x.get("fwd_ms"))}/{_ms(x.get("fwdbwd_ms"))}'
+                    cells.append(f'{name} ' + ('error' if 'error' in x else times))
             q = sh['ratios']
 
             def rr(key: str) -> str:
