@@ -23,7 +23,8 @@ def dcn_layers(model: nn.Module):
 def randomize_(model: nn.Module, x: torch.Tensor, offset_scale: float = 1.0, seed: int = 0) -> None:
     """Random conv weights (Kaiming), random non-zero ``conv_offset`` (offsets of about a pixel),
     random norm affine parameters, then BN running statistics calibrated on ``x`` (variances at least 0.25) so
-    activations stay O(1) in eval mode. Works on mmcv's and this plugin's DCN modules alike (by attribute names)."""
+    activations stay O(1) in eval mode. Works on mmcv's and this plugin's DCN modules alike (by
+    attribute names)."""
     g = torch.Generator().manual_seed(seed)
     for name, m in model.named_modules():
         w = getattr(m, 'weight', None)
@@ -31,7 +32,10 @@ def randomize_(model: nn.Module, x: torch.Tensor, offset_scale: float = 1.0, see
             continue
         if w.dim() == 4:
             fan_in = w[0].numel()
-            std = offset_scale / math.sqrt(fan_in) if name.endswith('conv_offset') else math.sqrt(2.0 / fan_in)
+            if name.endswith('conv_offset'):
+                std = offset_scale / math.sqrt(fan_in)
+            else:
+                std = math.sqrt(2.0 / fan_in)
             w.copy_(torch.randn(w.shape, generator=g) * std)
         elif w.dim() == 1:
             w.copy_(torch.rand(w.shape, generator=g) * 0.5 + 0.5)

@@ -14,7 +14,8 @@ IN_CHANNELS = [16, 32, 64, 128]
 
 def _features(n: int = 2, size: int = 32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(n, c, size // 2**i, size // 2**i, generator=g) for i, c in enumerate(IN_CHANNELS))
+    return tuple(torch.randn(n, c, size // 2**i, size // 2**i, generator=g)
+                 for i, c in enumerate(IN_CHANNELS))
 
 
 @pytest.mark.parametrize('norm_cfg, norm_cls', [
@@ -36,12 +37,13 @@ def test_output_convs_are_dcnv2_with_any_norm_and_shapes_match_fpn(norm_cfg, nor
         assert all(m.conv.bias is not None for m in neck.fpn_convs)
     neck.init_weights()
     outs = neck.eval()(_features())
-    assert [tuple(o.shape) for o in outs] == [(2, 24, 32 // 2**i, 32 // 2**i) for i in range(4)] + [(2, 24, 2, 2)]
+    expected = [(2, 24, 32 // 2**i, 32 // 2**i) for i in range(4)] + [(2, 24, 2, 2)]
+    assert [tuple(o.shape) for o in outs] == expected
 
 
 def test_lateral_and_extra_convs_optionally_deformable():
-    neck = DCNFPN(IN_CHANNELS, 24, num_outs=6, add_extra_convs='on_input', dcn=dict(type='DConv', deform_groups=2),
-                  dcn_on_lateral=True, dcn_on_extra=True)
+    neck = DCNFPN(IN_CHANNELS, 24, num_outs=6, add_extra_convs='on_input',
+                  dcn=dict(type='DConv', deform_groups=2), dcn_on_lateral=True, dcn_on_extra=True)
     assert all(type(m.conv) is DeformConv2dPack for m in neck.lateral_convs)
     assert all(type(m.conv) is DeformConv2dPack for m in neck.fpn_convs)
     assert neck.lateral_convs[0].conv.kernel_size == (1, 1)
@@ -64,7 +66,8 @@ def test_state_dict_and_features_equal_mmdet_fpn_with_mmcv_dcnv2():
     assert 'mmcv.ops' in type(ref.fpn_convs[0].conv).__module__
     x = _features()
     randomize_(ref, x)
-    ours = DCNFPN(IN_CHANNELS, 24, num_outs=6, add_extra_convs='on_input', dcn_on_lateral=True, dcn_on_extra=True)
+    ours = DCNFPN(IN_CHANNELS, 24, num_outs=6, add_extra_convs='on_input', dcn_on_lateral=True,
+                  dcn_on_extra=True)
     ours.load_state_dict(ref.state_dict(), strict=True)
     ours.eval()
     with torch.no_grad():
@@ -109,7 +112,8 @@ def test_init_weights_zeroes_offsets_after_xavier_and_before_pretrained(tmp_path
     # ... and a plain FPN checkpoint leaves them at zero
     plain = FPN(IN_CHANNELS, 24, num_outs=5)
     torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth')
-    neck = DCNFPN(IN_CHANNELS, 24, num_outs=5, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'plain.pth')))
+    neck = DCNFPN(IN_CHANNELS, 24, num_outs=5,
+                  init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'plain.pth')))
     neck.init_weights()
     assert all(m.conv_offset.weight.abs().sum() == 0 for _, m in dcn_layers(neck))
     torch.testing.assert_close(neck.fpn_convs[1].conv.weight, plain.fpn_convs[1].conv.weight)

@@ -15,7 +15,7 @@ from dcn_plugin.ops import DeformConv2dPack, ModulatedDeformConv2dPack
 NORMS = {
     'BN': (dict(type='BN', requires_grad=True), nn.BatchNorm2d),
     'SyncBN': (dict(type='SyncBN', requires_grad=True), nn.SyncBatchNorm),
-    'GN': (dict(type='GN', num_groups=32, requires_grad=True), nn.GroupNorm),
+    'GN': (dict(type='GN', num_groups=8, requires_grad=True), nn.GroupNorm),
     'SampleLN': (dict(type='SampleLN'), SampleLayerNorm2d),
     'ChannelLN': (dict(type='ChannelLN'), ChannelLayerNorm2d),
 }
@@ -42,12 +42,12 @@ def _block_convs(block):
 def test_every_depth_block_and_norm_builds_and_gives_right_shapes_and_strides(arch, norm):
     cfg, expansion = ARCHS[arch]
     norm_cfg, norm_cls = NORMS[norm]
-    # half width keeps the 40 builds fast; the depth / block structure is the real one
-    model = MODELS.build(dict(cfg, norm_cfg=norm_cfg, base_channels=32)).eval()
+    # quarter width and a 64x32 image keep the 40 builds fast; depth and block structure are the real ones
+    model = MODELS.build(dict(cfg, norm_cfg=norm_cfg, base_channels=16)).eval()
     with torch.no_grad():
-        outs = model(torch.randn(1, 3, 64, 64))
+        outs = model(torch.randn(1, 3, 64, 32))
     assert [tuple(o.shape) for o in outs] == [
-        (1, 32 * 2**i * expansion, 64 // s, 64 // s) for i, s in enumerate((4, 8, 16, 32))]
+        (1, 16 * 2**i * expansion, 64 // s, 32 // s) for i, s in enumerate((4, 8, 16, 32))]
     assert all(torch.isfinite(o).all() for o in outs)
     # DCNv2 on every 3x3 conv of conv3-conv5 (layer2-4), none in conv2 (layer1)
     for stage, n in enumerate(STAGE_BLOCKS[cfg['depth']]):
@@ -171,22 +171,23 @@ def test_default_init_weights_leaves_offsets_zero_and_zero_inits_residual_norms(
 
 def test_pretrained_init_loads_weights_keeps_offsets_zero_and_loads_dcn_checkpoints(tmp_path):
     # an "ImageNet" checkpoint of a plain ResNet-50: no conv_offset keys
-    plain = ResNet(depth=50)
+    arch = dict(depth=50, base_channels=32)  # half width: the same tree, a quicker test
+    plain = ResNet(**arch)
     randomize_(plain, torch.randn(1, 3, 64, 64))
     torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth')
-    model = DCNResNet(depth=50, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'plain.pth')))
+    model = DCNResNet(**arch, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'plain.pth')))
     model.init_weights()
     assert _offsets_are_zero(model)
     torch.testing.assert_close(model.layer3[1].conv2.weight, plain.layer3[1].conv2.weight)
     torch.testing.assert_close(model.layer1[0].bn1.running_var, plain.layer1[0].bn1.running_var)
 
     # a detector checkpoint with a DCN backbone: its offsets are loaded
-    det = DCNResNet(depth=50)
+    det = DCNResNet(**arch)
     randomize_(det, torch.randn(1, 3, 64, 64), seed=3)
     torch.save({'state_dict': {'backbone.' + k: v for k, v in det.state_dict().items()}},
                tmp_path / 'det.pth')
-    model = DCNResNet(depth=50, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'det.pth'),
-                                              prefix='backbone.'))
+    model = DCNResNet(**arch, init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'det.pth'),
+                                            prefix='backbone.'))
     model.init_weights()
     for k, v in det.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, msg=k)
@@ -196,7 +197,8 @@ def test_pretrained_init_loads_weights_keeps_offsets_zero_and_loads_dcn_checkpoi
 def test_basicblock_dcn_with_zero_offsets_is_the_regular_block(dcn_type):
     """Geometry of the deformable BasicBlock convs (stride, padding, dilation) equals mmdet's:
     with zero offsets DCNv2 is the conv with mask 0.5, DCNv1 the conv itself."""
-    arch = dict(depth=18, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), stage_with_dcn=(True, True, True, True))
+    arch = dict(depth=18, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),
+                stage_with_dcn=(True, True, True, True))
     ref = ResNet(**{k: v for k, v in arch.items() if k != 'stage_with_dcn'})
     x = torch.randn(2, 3, 48, 40)
     randomize_(ref, x, seed=5)
@@ -217,14 +219,16 @@ def test_basicblock_dcn_with_zero_offsets_is_the_regular_block(dcn_type):
 def test_stage_choice_last_n_blocks_and_deform_groups():
     model = DCNResNet(depth=50, stage_with_dcn=(False, False, True, True), dcn_last_blocks=(None, None, 2, 5),
                       dcn=dict(type='DConv', deform_groups=4))
-    dcn_of = [[isinstance(b.conv2, DeformConv2dPack) for b in getattr(model, f'layer{i}')] for i in range(1, 5)]
+    dcn_of = [[isinstance(b.conv2, DeformConv2dPack) for b in getattr(model, f'layer{i}')]
+              for i in range(1, 5)]
     assert dcn_of == [[False] * 3, [False] * 4, [False] * 4 + [True] * 2, [True] * 3]
     assert model.layer4[0].conv2.conv_offset.out_channels == 2 * 4 * 9
     assert model.layer4[0].conv2.deform_groups == 4
     # an int applies to every deformable stage; 0 disables
     model = DCNResNet(depth=18, dcn_last_blocks=1)
     assert [len(dcn_layers(getattr(model, f'layer{i}'))) for i in range(1, 5)] == [0, 2, 2, 2]
-    assert type(model.layer2[0].conv1) is nn.Conv2d and type(model.layer2[1].conv1) is ModulatedDeformConv2dPack
+    assert type(model.layer2[0].conv1) is nn.Conv2d
+    assert type(model.layer2[1].conv1) is ModulatedDeformConv2dPack
     assert not dcn_layers(DCNResNet(depth=18, dcn_last_blocks=0))
     assert not dcn_layers(DCNResNet(depth=18, dcn=None))
 
@@ -236,7 +240,8 @@ def test_fallback_on_stride_keeps_strided_convs_regular():
         assert type(layer[0].conv2) is nn.Conv2d  # the strided 3x3 conv
         assert all(type(b.conv2) is ModulatedDeformConv2dPack for b in layer[1:])
     model = DCNResNet(depth=18, dcn=dict(type='MDConv', fallback_on_stride=True))
-    assert type(model.layer2[0].conv1) is nn.Conv2d and type(model.layer2[0].conv2) is ModulatedDeformConv2dPack
+    assert type(model.layer2[0].conv1) is nn.Conv2d
+    assert type(model.layer2[0].conv2) is ModulatedDeformConv2dPack
 
 
 def test_separate_norm_for_deformable_blocks():
