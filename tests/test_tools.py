@@ -184,3 +184,213 @@ def test_record_dcn_layers_sees_every_dcn_call():
     assert pic.ndim == 3 and pic.dtype == np.uint8
     # hooks are removed on exit
     assert not any(m._forward_hooks for m in model.modules())
+
+
+# --------------------------------------------------------------------------- tool wiring (fast)
+def _tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@needs_mmdet
+def test_train_and_test_parse_mmdet_style_arguments():
+    args = _tool('train').parse_args(['cfg.py', '--amp', '--resume', '--cfg-options', 'a.b=1', 'data_root=/d/',
+                                      '--launcher', 'pytorch'])
+    assert args.amp and args.resume == 'auto' and args.cfg_options == {'a.b': 1, 'data_root': '/d/'}
+    assert args.launcher == 'pytorch'
+    assert _tool('train').parse_args(['cfg.py', '--resume', 'x.pth']).resume == 'x.pth'
+    assert _tool('train').parse_args(['cfg.py']).resume is None
+    args = _tool('test').parse_args(['cfg.py', 'ckpt.pth', '--show-dir', 'vis', '--work-dir', 'w'])
+    assert (args.config, args.checkpoint, args.show_dir, args.work_dir) == ('cfg.py', 'ckpt.pth', 'vis', 'w')
+    with pytest.raises(SystemExit) as e:
+        _tool('visualize_offsets').main(['--help'])
+    assert e.value.code == 0
+
+
+DEMO_DCN = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py')
+
+
+@needs_mmdet
+def test_load_config_defaults_and_overrides(monkeypatch):
+    from dcn_plugin.apis import load_config, setup_test_cfg, setup_train_cfg
+    cfg = load_config(DEMO_DCN)
+    assert cfg.work_dir == osp.join('work_dirs', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes')
+    assert cfg.launcher == 'none' and 'model_wrapper_cfg' not in cfg
+    cfg = load_config(DEMO_DCN, {'train_cfg.max_iters': 7, 'data_root': '/x/demo'}, work_dir='w')
+    assert cfg.train_cfg.max_iters == 7 and cfg.work_dir == 'w'
+    assert cfg.train_dataloader.dataset.data_root == '/x/demo/'
+    assert cfg.test_evaluator.ann_file == '/x/demo/annotations/instances_val.json'
+    # no GPU + a launcher: gloo and DDP without device_ids
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg = load_config(DEMO_DCN, launcher='pytorch')
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo' and cfg.model_wrapper_cfg.device_ids is None
+    setup_train_cfg(cfg, resume='auto')
+    assert cfg.resume is True and cfg.load_from is None
+    setup_train_cfg(cfg, resume='a.pth')
+    assert cfg.load_from == 'a.pth'
+    with pytest.raises(RuntimeError, match='--amp needs a GPU'):
+        setup_train_cfg(cfg, amp=True)
+    setup_test_cfg(cfg, 'c.pth', show_dir='vis')
+    assert cfg.load_from == 'c.pth'
+    assert cfg.default_hooks.visualization.draw and cfg.default_hooks.visualization.test_out_dir == 'vis'
+
+
+def test_save_metrics_writes_json(tmp_path):
+    from dcn_plugin.apis import save_metrics
+    path = save_metrics({'coco/bbox_mAP': np.float64(0.5), 'n': torch.tensor(3)}, str(tmp_path), checkpoint='c.pth')
+    with open(path) as f:
+        rec = json.load(f)
+    assert rec == {'checkpoint': 'c.pth', 'config': None, 'metrics': {'coco/bbox_mAP': 0.5, 'n': 3}}
+
+
+def test_run_demo_script_is_valid_bash_with_help():
+    script = osp.join(ROOT, 'tools', 'run_demo.sh')
+    subprocess.run(['bash', '-n', script], check=True)
+    out = subprocess.run(['bash', script, '--help'], capture_output=True, text=True, check=True).stdout
+    assert '--plain' in out
+    for sh in ('dist_train.sh', 'dist_test.sh'):
+        subprocess.run(['bash', '-n', osp.join(ROOT, 'tools', sh)], check=True)
+
+
+# --------------------------------------------------------------------------- the tools, end to end (slow)
+TINY_CFG = '''
+_base_ = {base!r}
+data_root = {root!r}
+image_size = 96
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                       dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+train_cfg = dict(max_iters=4)
+model = dict(test_cfg=dict(rcnn=dict(score_thr=0.0)))  # 4 iterations: keep low scores so COCO eval has results
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=2, end=4, eta_min=1e-5),
+]
+default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=-1), logger=dict(interval=1))
+'''
+
+
+def _run(args, cwd=ROOT, timeout=600, env=None):
+    full_env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{args} failed ({proc.returncode}):\n{out[-6000:]}'
+    return out
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """Tiny demo data (96 px), a config that trains on it, and a 4-iteration run of tools/train.py."""
+    if not HAVE_MMDET:
+        pytest.skip('needs mmdet and mmcv')
+    from dcn_plugin.datasets import generate_demo_dataset
+    base = tmp_path_factory.mktemp('tiny')
+    root = str(base / 'data') + '/'
+    generate_demo_dataset(root, seed=1, splits={'train': 8, 'val': 4}, image_size=96)
+    cfg = base / 'tiny_dcn.py'
+    cfg.write_text(TINY_CFG.format(
+        base=osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py'), root=root))
+    straight = base / 'straight'
+    out = _run([PY, 'tools/train.py', str(cfg), '--work-dir', str(straight)])
+    return dict(base=base, root=root, cfg=str(cfg), straight=straight, train_log=out)
+
+
+def _state(path):
+    from dcn_plugin.utils import register_safe_checkpoint_globals
+    register_safe_checkpoint_globals()
+    return torch.load(path, map_location='cpu')  # weights_only default: the safe path
+
+
+@pytest.mark.slow
+def test_train_writes_checkpoints_in_the_work_dir(tiny):
+    assert (tiny['straight'] / 'iter_2.pth').exists() and (tiny['straight'] / 'iter_4.pth').exists()
+    ckpt = _state(tiny['straight'] / 'iter_4.pth')
+    assert ckpt['meta']['iter'] == 4
+    assert any('conv_offset' in k for k in ckpt['state_dict'])  # the DCN model was trained
+
+
+@pytest.mark.slow
+def test_test_prints_and_saves_coco_metrics_and_draws(tiny):
+    wd = tiny['base'] / 'test_wd'
+    out = _run([PY, 'tools/test.py', tiny['cfg'], str(tiny['straight'] / 'iter_4.pth'), '--work-dir', str(wd),
+                '--show-dir', 'vis'])
+    assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in out  # pycocotools
+    assert 'bbox_mAP' in out
+    with open(wd / 'test_metrics.json') as f:
+        record = json.load(f)
+    assert 0.0 <= record['metrics']['coco/bbox_mAP'] <= 1.0
+    assert record['checkpoint'].endswith('iter_4.pth')
+    drawn = [p for p in wd.rglob('vis/*') if p.suffix in ('.png', '.jpg')]
+    assert len(drawn) == 4
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tiny):
+    wd = tiny['base'] / 'interrupted'
+    _run([PY, 'tools/train.py', tiny['cfg'], '--work-dir', str(wd), '--cfg-options', 'train_cfg.max_iters=2'])
+    assert (wd / 'iter_2.pth').exists() and not (wd / 'iter_4.pth').exists()
+    out = _run([PY, 'tools/train.py', tiny['cfg'], '--work-dir', str(wd), '--resume'])
+    assert 'resumed' in out.lower() and 'iter_2.pth' in out
+    a, b = _state(tiny['straight'] / 'iter_4.pth'), _state(wd / 'iter_4.pth')
+    assert a['meta']['iter'] == b['meta']['iter'] == 4
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for k in a['state_dict']:
+        torch.testing.assert_close(a['state_dict'][k], b['state_dict'][k], rtol=0, atol=0, msg=k)
+    sa, sb = a['optimizer']['state'], b['optimizer']['state']
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in sa[k]:
+            torch.testing.assert_close(sa[k][name], sb[k][name], rtol=0, atol=0)
+    assert a['param_schedulers'] == b['param_schedulers']
+
+
+@pytest.mark.slow
+def test_visualize_offsets_writes_a_png(tiny):
+    out_png = tiny['base'] / 'offsets.png'
+    _run([PY, 'tools/visualize_offsets.py', tiny['cfg'], str(tiny['straight'] / 'iter_4.pth'),
+          osp.join(tiny['root'], 'val', '000000.png'), '--points', '48,48', '30,60', '--out', str(out_png)])
+    import cv2
+    pic = cv2.imread(str(out_png))
+    assert pic is not None and pic.shape[1] == 2 * 96 * 2  # two panels, upscaled 2x
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_process_cpu_distributed_train_and_test(tiny):
+    wd = tiny['base'] / 'dist'
+    env = {'PORT': _free_port(), 'PYTHON': PY, 'OMP_NUM_THREADS': '1'}
+    out = _run(['bash', 'tools/dist_train.sh', tiny['cfg'], '2', '--work-dir', str(wd),
+                '--cfg-options', 'train_cfg.max_iters=2'], env=env)
+    assert 'distributed on CPU: backend gloo, world size 2' in out
+    assert 'Distributed training: True' in out
+    assert (wd / 'iter_2.pth').exists()
+    env['PORT'] = _free_port()
+    out = _run(['bash', 'tools/dist_test.sh', tiny['cfg'], str(wd / 'iter_2.pth'), '2', '--work-dir', str(wd)],
+               env=env)
+    assert 'bbox_mAP' in out
+    assert (wd / 'test_metrics.json').exists()

@@ -1,4 +1,5 @@
-# The demo's plain-conv model: Faster R-CNN, ResNet-18 (half width) + FPN, GroupNorm everywhere, trained
+# The demo's plain-conv model: Faster R-CNN, ResNet-18 (half width) + FPN (64 channels), GroupNorm in
+# backbone and neck, a light RPN / RoI budget, trained
 # from scratch on the embedded "deformed shapes" data (tools/generate_demo_data.py) in a CPU-sized
 # schedule. faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py is the same model with DCNv2.
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
@@ -64,23 +65,19 @@ model = dict(
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=64, norm_cfg=norm_cfg),
     rpn_head=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(
-            type='Shared4Conv1FCBBoxHead',
-            in_channels=64,
-            conv_out_channels=64,
-            fc_out_channels=256,
-            norm_cfg=norm_cfg,
-            num_classes=5)),
+        # RoIAlign with a fixed 2x2 samples per bin, 2fc box head: the 4conv head on every RoI cost
+        # more than the whole backbone on this CPU budget
+        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)),
     train_cfg=dict(
-        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=150),
         rcnn=dict(max_per_img=50)))
 
 # ------------------------------------------------------------------ schedule
-max_iters = 1000
+max_iters = 500
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 optim_wrapper = dict(
     _delete_=True,

@@ -115,6 +115,8 @@ def setup_distributed(cfg: Config) -> None:
         return
     timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout', 1800)
     dist.init_process_group(backend='gloo', timeout=datetime.timedelta(seconds=timeout))
+    if dist.get_rank() == 0:
+        print_log(f'distributed on CPU: backend gloo, world size {dist.get_world_size()}', logger='current')
 
 
 def setup_train_cfg(cfg: Config, amp: bool = False, resume: Optional[str] = None,
@@ -161,14 +163,16 @@ def setup_test_cfg(cfg: Config, checkpoint: str, show_dir: Optional[str] = None,
 
 
 def build_runner(cfg: Config):
-    """Build the Runner (``runner_type`` from the config if set)."""
+    """Build the Runner (``runner_type`` from the config if set), with :class:`TorchRNGStateHook`."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     register_safe_checkpoint_globals()
     setup_distributed(cfg)
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    from .hooks import TorchRNGStateHook
+    if not any(isinstance(h, TorchRNGStateHook) for h in runner.hooks):
+        runner.register_hook(TorchRNGStateHook())  # exact --resume
+    return runner
 
 
 def _to_builtin(v: Any) -> Any:

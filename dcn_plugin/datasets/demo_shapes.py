@@ -218,7 +218,8 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int = 0, ima
     ann_id = 1
     for i in range(num_images):
         rng = np.random.default_rng([seed, split_index, i])
-        img, objs = render_image(rng, image_size, image_size)
+        k = image_size / 256  # object sizes scale with the image
+        img, objs = render_image(rng, image_size, image_size, min_size=28 * k, max_size=96 * k)
         name = f'{i:06d}.png'
         ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, 6])
         if not ok:
