@@ -29,19 +29,8 @@ PIP_QUIET=(-q --disable-pip-version-check)
 
 log() { printf '[setup_env] %s\n' "$*" >&2; }
 
-# ---------------------------------------------------------------- CUDA toolkit discovery
-# torch guesses CUDA_HOME from the nvcc on PATH; a wrapper script (as /usr/local/bin/nvcc here) makes
-# it guess wrong, so resolve the real toolkit folder.
-find_cuda_home() {
-  if [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then echo "$CUDA_HOME"; return; fi
-  local nv; nv="$(command -v nvcc 2>/dev/null)" || return 0
-  nv="$(readlink -f "$nv")"
-  local home; home="$(dirname "$(dirname "$nv")")"
-  if [ -f "$home/include/cuda_runtime.h" ]; then echo "$home"; return; fi
-  # a wrapper script: take the absolute path of the nvcc it hands over to
-  local target; target="$(grep -oE '/[^ "]*/bin/nvcc' "$nv" 2>/dev/null | head -n1 || true)"
-  if [ -n "$target" ] && [ -x "$target" ]; then dirname "$(dirname "$(readlink -f "$target")")"; fi
-}
+# shellcheck source=tools/cuda_env.sh
+source "$ROOT/tools/cuda_env.sh"
 
 # ---------------------------------------------------------------- venv + pinned stack
 if [ ! -x "$VENV/bin/python" ]; then
@@ -92,15 +81,6 @@ GPU_VISIBLE="$("$VPY" -c 'import torch; print(int(torch.cuda.is_available()))' 2
 WANT_CUDA=0
 if [ -n "$CUDA_HOME_FOUND" ] && { [ "$GPU_VISIBLE" = 1 ] || [ "${FORCE_CUDA:-0}" = 1 ]; }; then WANT_CUDA=1; fi
 SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-cuda_env() {
-  export CUDA_HOME="$CUDA_HOME_FOUND"
-  # torch's CUDA headers include cusparse.h & co., which a slim toolkit may lack; pip's CUDA 13
-  # packages in the venv carry them.
-  if [ -d "$SITE/nvidia/cu13/include" ]; then
-    export CPLUS_INCLUDE_PATH="${CPLUS_INCLUDE_PATH:+$CPLUS_INCLUDE_PATH:}$SITE/nvidia/cu13/include"
-    export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I$SITE/nvidia/cu13/include"
-  fi
-}
 
 # ---------------------------------------------------------------- mmcv 2.1.0 with ops
 mmcv_ok() { "$VPY" -c "import mmcv, mmcv.ops; from mmcv.ops import nms, RoIAlign; assert mmcv.__version__ == '$MMCV_VER'" 2>/dev/null; }
@@ -130,7 +110,7 @@ if ! mmcv_ok || [ "$(cat "$MMCV_STAMP" 2>/dev/null)" != "$MMCV_FLAVOUR" ]; then
     (
       cd "$WORK/mmcv-$MMCV_VER"
       export MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-      if [ "$WANT_CUDA" = 1 ]; then cuda_env; export FORCE_CUDA=1; else export FORCE_CUDA=0; unset CUDA_HOME || true; fi
+      if [ "$WANT_CUDA" = 1 ]; then cuda_env "$CUDA_HOME_FOUND" "$SITE"; export FORCE_CUDA=1; else export FORCE_CUDA=0; unset CUDA_HOME || true; fi
       start=$(date +%s)
       "$VPY" -m pip wheel "${PIP_QUIET[@]}" --no-deps --no-build-isolation -w "$WORK/dist" . > "$WORK/build.log" 2>&1 \
         || { tail -n 60 "$WORK/build.log" >&2; log "mmcv build failed (full log: $WORK/build.log)"; trap - EXIT; exit 1; }
@@ -165,12 +145,16 @@ srcs = [p for p in (root / 'dcn_plugin' / 'ops' / 'csrc').rglob('*') if p.is_fil
 sys.exit(0 if any(os.path.getmtime(p) > built for p in srcs) else 1)
 PYEOF
 }
-if ! "$VPY" -c "import importlib.metadata as m; m.version('dcn_plugin')" 2>/dev/null || ext_stale; then
+DCN_FLAVOUR="$([ "$WANT_CUDA" = 1 ] && echo "cuda_${TORCH_CUDA_ARCH_LIST:-native}" || echo cpu)"
+DCN_STAMP="$VENV/.dcn-plugin-flavour"
+if ! "$VPY" -c "import importlib.metadata as m; m.version('dcn_plugin')" 2>/dev/null || ext_stale \
+    || [ "$(cat "$DCN_STAMP" 2>/dev/null)" != "$DCN_FLAVOUR" ]; then
   log "building dcn_plugin._C ($([ "$WANT_CUDA" = 1 ] && echo "CPU + CUDA" || echo CPU))"
   ( cd "$ROOT"
-    if [ "$WANT_CUDA" = 1 ]; then cuda_env; export FORCE_CUDA=1; fi
+    if [ "$WANT_CUDA" = 1 ]; then cuda_env "$CUDA_HOME_FOUND" "$SITE"; export FORCE_CUDA=1; fi
     "$VPY" -m pip install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e . > "$ROOT/work_dirs/.build_ext.log" 2>&1 \
       || { tail -n 80 "$ROOT/work_dirs/.build_ext.log" >&2; log "building dcn_plugin._C failed"; exit 1; } )
+  echo "$DCN_FLAVOUR" > "$DCN_STAMP"
 fi
 
 "$VPY" -c "import dcn_plugin, mmcv.ops, mmdet, torch; torch.ops.dcn_plugin" \

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Compile dcn_plugin's CUDA kernels without a GPU (FORCE_CUDA=1) into a scratch folder, for the
+# architectures in TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), and check the library loads and reports
+# CUDA kernels. Fails on any compile error. Leaves the checkout's own build untouched.
+# Needs the project venv (tools/setup_env.sh) and a CUDA toolkit matching torch's CUDA (nvcc on PATH
+# or CUDA_HOME).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VPY="$ROOT/.venv/bin/python"
+# shellcheck source=tools/cuda_env.sh
+source "$ROOT/tools/cuda_env.sh"
+[ -x "$VPY" ] || { echo "check_cuda_build: no venv; run tools/setup_env.sh first" >&2; exit 1; }
+CUDA_HOME_FOUND="$(find_cuda_home || true)"
+[ -n "$CUDA_HOME_FOUND" ] || { echo "check_cuda_build: no CUDA toolkit found (nvcc on PATH or CUDA_HOME)" >&2; exit 1; }
+SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+cuda_env "$CUDA_HOME_FOUND" "$SITE"
+export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
+echo "[check_cuda_build] compiling the CUDA kernels for sm ${TORCH_CUDA_ARCH_LIST} with $CUDA_HOME/bin/nvcc" >&2
+start=$(date +%s)
+( cd "$ROOT" && "$VPY" setup.py build_ext -b "$OUT/lib" -t "$OUT/tmp" > "$OUT/build.log" 2>&1 ) \
+  || { grep -E -B2 -A8 "error" "$OUT/build.log" | head -n 80 >&2; echo "[check_cuda_build] FAILED: CUDA build" >&2; exit 1; }
+LIB="$(ls "$OUT"/lib/dcn_plugin/_C*.so)"
+"$VPY" - "$LIB" <<'PYEOF'
+import sys
+import torch
+torch.ops.load_library(sys.argv[1])
+assert torch.ops.dcn_plugin._built_with_cuda(), 'the library was built without its CUDA kernels'
+print(f'[check_cuda_build] ok: {sys.argv[1].rsplit("/", 1)[-1]} has CUDA kernels', file=sys.stderr)
+PYEOF
+echo "[check_cuda_build] CUDA compile took $(( $(date +%s) - start )) s" >&2
