@@ -101,9 +101,10 @@ skip_step() {  # skip_step NAME WHY
 # ------------------------------------------------------------------ CUDA toolkit
 # torch.utils.cpp_extension finds CUDA_HOME from the environment, nvcc on PATH or /usr/local/cuda; a
 # wrapper script named nvcc can mislead it, so resolve the real toolkit when its guess has no nvcc.
-if [ -z "${CUDA_HOME:-}" ] || [ ! -x "${CUDA_HOME}/bin/nvcc" ]; then
-  guess="$("$PY" -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")' 2>/dev/null)"
-  if [ -n "$guess" ] && [ -x "$guess/bin/nvcc" ]; then
+is_toolkit() { [ -n "$1" ] && [ -x "$1/bin/nvcc" ] && [ -f "$1/include/cuda_runtime.h" ]; }
+if ! is_toolkit "${CUDA_HOME:-}"; then
+  guess="$("$PY" -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")' 2>/dev/null | tail -n1)"
+  if is_toolkit "$guess"; then
     export CUDA_HOME="$guess"
   elif command -v nvcc > /dev/null 2>&1; then
     nv="$(readlink -f "$(command -v nvcc)")"
@@ -112,7 +113,26 @@ if [ -z "${CUDA_HOME:-}" ] || [ ! -x "${CUDA_HOME}/bin/nvcc" ]; then
       target="$(grep -oE '/[^ "]*/bin/nvcc' "$nv" 2>/dev/null | head -n1)"
       [ -n "$target" ] && [ -x "$target" ] && home="$(dirname "$(dirname "$(readlink -f "$target")")")"
     fi
-    [ -x "$home/bin/nvcc" ] && export CUDA_HOME="$home"
+    is_toolkit "$home" && export CUDA_HOME="$home"
+  fi
+  is_toolkit "${CUDA_HOME:-}" || log "no CUDA toolkit found (CUDA_HOME=${CUDA_HOME:-unset}); the build will be CPU-only"
+fi
+# torch's CUDA headers include cusparse.h, cublas_v2.h, ...; a minimal toolkit may lack them while the
+# pip packages of the CUDA libraries that torch depends on (nvidia/*/include) have them
+if is_toolkit "${CUDA_HOME:-}" && [ ! -f "$CUDA_HOME/include/cusparse.h" ]; then
+  extra="$("$PY" -c '
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except Exception:
+    roots = []
+print(":".join(sorted({os.path.dirname(h) for r in roots
+                       for h in glob.glob(os.path.join(r, "**", "include", "cusparse.h"), recursive=True)})))
+' 2>/dev/null | tail -n1)"
+  if [ -n "$extra" ]; then
+    export CPATH="$extra${CPATH:+:$CPATH}"
+    log "$CUDA_HOME has no cusparse.h: adding the pip CUDA library headers ($extra) to CPATH"
   fi
 fi
 
@@ -123,7 +143,7 @@ env_report() {
   echo "== git";     git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo "(no git metadata)"
   echo "== nvidia-smi"; nvidia-smi 2>&1 || echo "(nvidia-smi not available)"
   echo "== nvcc (CUDA_HOME=${CUDA_HOME:-unset})"; "${CUDA_HOME:+$CUDA_HOME/bin/}nvcc" --version 2>&1 || echo "(nvcc not found)"
-  echo "== build settings: FORCE_CUDA=$FORCE_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"
+  echo "== build settings: FORCE_CUDA=$FORCE_CUDA TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS CPATH=${CPATH:-}"
   echo "== python"
   "$PY" - "$OUT/env.json" <<'EOF'
 import importlib, json, platform, sys
