@@ -162,10 +162,13 @@ def test_runs_on_the_current_stream():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        torch.cuda._sleep(1_000_000)  # keep the side stream busy: a kernel on the wrong stream races ahead
-        out = run_op(case, t).detach()
+        # the inputs are written on the side stream only after a long sleep there: a kernel launched
+        # on another stream would read them before they exist
+        torch.cuda._sleep(50_000_000)
+        late = {k: None if v is None else v.detach() * 1 for k, v in t.items()}
+        out = run_op(case, late)
     torch.cuda.current_stream().wait_stream(side)
-    assert_rel_close(out, ref, 0, 'output on a side stream')
+    assert_rel_close(out, ref, 0, 'output computed on a side stream')
 
 
 # ----------------------------------------------------------------------------- low precision, autocast
