@@ -23,12 +23,23 @@
 #include "dcn_common.h"
 #include "deform_sampling.h"
 
+// The three channel loops below do all the per-element work of the CPU kernels. They are compiled
+// for several x86-64 ISA levels (AVX-512, AVX2+FMA, baseline SSE2) and the best one the CPU supports
+// is picked at load time (GCC/Clang function multi-versioning), so the library runs everywhere and
+// uses wide vectors where it can.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define DCN_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DCN_SIMD_CLONES
+#endif
+#define DCN_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace dcn_plugin {
 namespace {
 
 // dst[i] = wa*a[i] + wb*b[i] + wc*c[i] + wd*d[i]
 template <typename T>
-inline void blend4(T* __restrict dst, const T* __restrict a, const T* __restrict b, const T* __restrict c,
+DCN_ALWAYS_INLINE void blend4(T* __restrict dst, const T* __restrict a, const T* __restrict b, const T* __restrict c,
                    const T* __restrict d, T wa, T wb, T wc, T wd, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = wa * a[i] + wb * b[i] + wc * c[i] + wd * d[i];
 }
@@ -36,7 +47,7 @@ inline void blend4(T* __restrict dst, const T* __restrict a, const T* __restrict
 // a[i] += wa*g[i]; b[i] += wb*g[i]; c[i] += wc*g[i]; d[i] += wd*g[i]. The four taps of a sample are
 // four different pixels; only the sink row for taps outside the image may be passed more than once.
 template <typename T>
-inline void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, T wa, T wb, T wc, T wd, int64_t n) {
+DCN_ALWAYS_INLINE void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, T wa, T wb, T wc, T wd, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const T gi = g[i];
     a[i] += wa * gi;
@@ -48,7 +59,7 @@ inline void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, T wa, T wb, 
 
 // Sums over i of g[i]*(w00 v00 + w01 v01 + w10 v10 + w11 v11), of g*dval/dy and of g*dval/dx.
 template <typename T>
-inline void coord_mask_grad(const T* __restrict g, const T* __restrict v00, const T* __restrict v01,
+DCN_ALWAYS_INLINE void coord_mask_grad(const T* __restrict g, const T* __restrict v00, const T* __restrict v01,
                             const T* __restrict v10, const T* __restrict v11, const BilinearTaps<T>& t, int64_t n,
                             T& s_val, T& s_dy, T& s_dx) {
   // Per-lane partial sums (a fixed reduction order the compiler can vectorise).
@@ -81,6 +92,27 @@ inline void coord_mask_grad(const T* __restrict g, const T* __restrict v00, cons
     s_dx += px[l];
   }
 }
+
+// Multi-versioned entry points of the channel loops (target_clones does not apply to templates).
+#define DCN_DEFINE_LOOPS(T)                                                                                       \
+  DCN_SIMD_CLONES void blend4_simd(T* __restrict dst, const T* __restrict a, const T* __restrict b,              \
+                                   const T* __restrict c, const T* __restrict d, T wa, T wb, T wc, T wd,          \
+                                   int64_t n) {                                                                   \
+    blend4<T>(dst, a, b, c, d, wa, wb, wc, wd, n);                                                                \
+  }                                                                                                               \
+  DCN_SIMD_CLONES void scatter4_simd(T* a, T* b, T* c, T* d, const T* __restrict g, T wa, T wb, T wc, T wd,       \
+                                     int64_t n) {                                                                 \
+    scatter4<T>(a, b, c, d, g, wa, wb, wc, wd, n);                                                                \
+  }                                                                                                               \
+  DCN_SIMD_CLONES void coord_mask_grad_simd(const T* __restrict g, const T* __restrict v00,                       \
+                                            const T* __restrict v01, const T* __restrict v10,                     \
+                                            const T* __restrict v11, const BilinearTaps<T>& t, int64_t n,         \
+                                            T& s_val, T& s_dy, T& s_dx) {                                         \
+    coord_mask_grad<T>(g, v00, v01, v10, v11, t, n, s_val, s_dy, s_dx);                                           \
+  }
+DCN_DEFINE_LOOPS(float)
+DCN_DEFINE_LOOPS(double)
+#undef DCN_DEFINE_LOOPS
 
 // Everything needed to locate one image's samples.
 template <typename T>
@@ -153,7 +185,7 @@ void im2col(const ImageView<T>& im, const ConvParams& p, T* col) {
           const Sample<T> s = make_sample(im, p, pos, k, g);
           const T m = s.m;
           for_each_channel_run(p, g, k, 0, p.c, [&](int64_t c0, int64_t c1, int64_t at) {
-            blend4(dst_row + at, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t.w00 * m, s.t.w01 * m,
+            blend4_simd(dst_row + at, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t.w00 * m, s.t.w01 * m,
                    s.t.w10 * m, s.t.w11 * m, c1 - c0);
           });
         }
@@ -201,7 +233,7 @@ void offset_mask_grad_cpu(const at::Tensor& in, const at::Tensor& off, const at:
               if (s.t.in_range) {
                 for_each_channel_run(p, g, k, 0, p.c, [&](int64_t c0, int64_t c1, int64_t at) {
                   T v, dy, dx;
-                  coord_mask_grad(gc + pos * row + at, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t, c1 - c0, v,
+                  coord_mask_grad_simd(gc + pos * row + at, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t, c1 - c0, v,
                                   dy, dx);
                   sv += v;
                   sy += dy;
@@ -246,7 +278,7 @@ void input_grad_cpu(const at::Tensor& off, const at::Tensor& msk, const at::Tens
               if (!s.t.in_range) continue;
               for_each_channel_run(p, g, k, c_lo, c_hi, [&](int64_t c0, int64_t c1, int64_t at) {
                 T* sk = sink.data() + (c0 - c_lo);
-                scatter4(s.i00 >= 0 ? gin + s.i00 * p.c + c0 : sk, s.i01 >= 0 ? gin + s.i01 * p.c + c0 : sk,
+                scatter4_simd(s.i00 >= 0 ? gin + s.i00 * p.c + c0 : sk, s.i01 >= 0 ? gin + s.i01 * p.c + c0 : sk,
                          s.i10 >= 0 ? gin + s.i10 * p.c + c0 : sk, s.i11 >= 0 ? gin + s.i11 * p.c + c0 : sk,
                          gc + pos * row + at, s.t.w00 * s.m, s.t.w01 * s.m, s.t.w10 * s.m, s.t.w11 * s.m, c1 - c0);
               });
