@@ -19,7 +19,8 @@ OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT
 echo "[check_cuda_build] compiling the CUDA kernels for sm ${TORCH_CUDA_ARCH_LIST} with $CUDA_HOME/bin/nvcc" >&2
 start=$(date +%s)
 ( cd "$ROOT" && "$VPY" setup.py build_ext -b "$OUT/lib" -t "$OUT/tmp" > "$OUT/build.log" 2>&1 ) \
-  || { grep -E -B2 -A8 "error" "$OUT/build.log" | head -n 80 >&2; echo "[check_cuda_build] FAILED: CUDA build" >&2; exit 1; }
+  || { { grep -E ": (fatal )?error" "$OUT/build.log" || tail -n 40 "$OUT/build.log"; } | cut -c1-400 | head -n 40 >&2 || true
+       echo "[check_cuda_build] FAILED: the CUDA build did not compile (messages above)" >&2; exit 1; }
 LIB="$(ls "$OUT"/lib/dcn_plugin/_C*.so)"
 "$VPY" - "$LIB" <<'PYEOF'
 import sys
