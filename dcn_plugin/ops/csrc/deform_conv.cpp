@@ -3,7 +3,7 @@
 // buffer per chunk of images, reused across chunks; one GEMM per conv group per chunk.
 //
 //   forward:  col = im2col(input, offset, mask)                     (nc, P, groups, K*C/g)
-//             out[:, g] (O/g, nc*P) = W[g] (O/g, K*C/g) @ col[:, :, g]^T
+//             out[:, g]^T (nc*P, O/g) = col[:, :, g] (nc*P, K*C/g) @ W[g]^T
 //   backward: gcol[:, :, g] (nc*P, K*C/g) = grad_out_rows[:, g] @ W[g]   (the columns' gradient)
 //             grad_W[g] += grad_out_rows[:, g]^T @ col[:, :, g]          (col recomputed)
 //             grad_offset, grad_mask = backend.offset_mask_grad(gcol, ...)
@@ -84,8 +84,11 @@ at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Te
     be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
     at::Tensor out_c = out.narrow(0, n0, nc).view({nc, p.groups, og, P});
     for (int64_t g = 0; g < p.groups; ++g) {
-      const at::Tensor r = matmul_nt(l.w.select(0, g), col_c.select(2, g).reshape({nc * P, kc}));  // (O/g, nc*P)
-      out_c.select(1, g).copy_(r.view({og, nc, P}).transpose(0, 1));
+      // (nc*P, O/g) = col[:, :, g] @ W[g]^T. This orientation keeps the big operand (the columns) as the
+      // GEMM's "input", which oneDNN reads in place, rather than as its "weight", which it would copy
+      // into a blocked layout; the result is transposed into the NCHW output.
+      const at::Tensor r = matmul_nt(col_c.select(2, g).reshape({nc * P, kc}), l.w.select(0, g));
+      out_c.select(1, g).copy_(r.view({nc, P, og}).transpose(1, 2));
     }
   }
   if (bias.has_value() && bias->defined()) out.add_(bias->view({1, p.o, 1, 1}));
@@ -126,20 +129,32 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
   // grad_out as channels-last rows (N*P, O): free when it is channels_last already
   const at::Tensor go_rows = grad_output.permute({0, 2, 3, 1}).contiguous().view({p.n * P, p.o});
-  at::Tensor col = want_w ? at::empty({chunk, P, p.groups, kc}, opts) : at::Tensor();
   const bool want_gcol = want_in || want_off || want_msk;
   const at::Tensor w_t = want_gcol ? l.w.transpose(1, 2).contiguous() : at::Tensor();  // (groups, K*C/g, O/g)
-  at::Tensor gcol = want_gcol && p.groups > 1 ? at::empty({chunk, P, p.groups, kc}, opts) : at::Tensor();
   at::Tensor g_off_rows = want_off ? g_off.permute({0, 2, 3, 1}) : at::Tensor();   // (N, Ho, Wo, 2dgK) contiguous
   at::Tensor g_msk_rows = want_msk ? g_msk.permute({0, 2, 3, 1}) : at::Tensor();
   at::Tensor g_in_rows = want_in ? g_in_acc.permute({0, 2, 3, 1}) : at::Tensor();
   at::Tensor g_w_rows = want_w ? g_w_acc.permute({0, 2, 3, 1}).view({p.groups, og, kc}) : at::Tensor();
 
+  // Per chunk, the columns' gradient and the recomputed columns are never alive at the same time:
+  // the peak is one chunk-sized buffer (plus the gradients themselves).
   for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
     const int64_t nc = std::min(chunk, p.n - n0);
     const at::Tensor go_c = go_rows.narrow(0, n0 * P, nc * P);  // (nc*P, O)
+    if (want_gcol) {
+      at::Tensor gcol_c;
+      if (p.groups == 1) {
+        gcol_c = matmul_nt(go_c, w_t.select(0, 0)).view({nc, P, 1, kc});
+      } else {
+        gcol_c = at::empty({nc, P, p.groups, kc}, opts);
+        for (int64_t g = 0; g < p.groups; ++g)
+          gcol_c.select(2, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), w_t.select(0, g)).view({nc, P, kc}));
+      }
+      if (want_off || want_msk) be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
+      if (want_in) be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);
+    }
     if (want_w) {
-      at::Tensor col_c = col.narrow(0, 0, nc);
+      at::Tensor col_c = at::empty({nc, P, p.groups, kc}, opts);
       be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
       for (int64_t g = 0; g < p.groups; ++g) {
         // grad_W[g] (O/g, K*C/g) += grad_out_rows[:, g]^T (O/g, nc*P) @ col[:, :, g] (nc*P, K*C/g)
@@ -147,17 +162,6 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
         g_w_rows.select(0, g).add_(r);  // float32 accumulation for half/bfloat16
       }
     }
-    if (!want_gcol) continue;
-    at::Tensor gcol_c;
-    if (p.groups == 1) {
-      gcol_c = matmul_nt(go_c, w_t.select(0, 0)).view({nc, P, 1, kc});
-    } else {
-      gcol_c = gcol.narrow(0, 0, nc);
-      for (int64_t g = 0; g < p.groups; ++g)
-        gcol_c.select(2, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), w_t.select(0, g)).view({nc, P, kc}));
-    }
-    if (want_off || want_msk) be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
-    if (want_in) be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);
   }
   return finish();
 }

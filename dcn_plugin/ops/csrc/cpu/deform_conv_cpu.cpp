@@ -290,8 +290,11 @@ void input_grad_cpu(const at::Tensor& off, const at::Tensor& msk, const at::Tens
   });
 }
 
+// Chunks of about 4 MB of columns: one image at a time for detection-sized maps (the smallest work
+// buffers, below torchvision's, which holds the columns of several images), several images at a
+// time for small maps, so that their GEMMs stay large enough to run at full speed.
 const Backend kCpuBackend{&im2col_cpu, &offset_mask_grad_cpu, &input_grad_cpu, /*cuda=*/false,
-                          /*col_budget_elements=*/int64_t(1) << 23};
+                          /*col_budget_elements=*/int64_t(1) << 20};
 
 at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                        const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
