@@ -191,13 +191,16 @@ def _fake_backward(grad_output, input, offset, mask, weight, stride, padding, di
     def empty():  # one fresh tensor per gradient not asked for (op outputs never alias)
         return input.new_empty((0,))
 
-    def like(t):  # the kernels produce these gradients channels-last
-        return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
+    def like(t, layout=torch.channels_last):  # the kernels produce these gradients channels-last
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=layout)
 
+    # the weight gradient follows the kernels' column order: the weight's own layout on CPU
+    # (channel-major columns), channels-last on CUDA
+    w_layout = torch.contiguous_format if weight.device.type == 'cpu' else torch.channels_last
     return (like(input) if want_in else empty(),
             like(offset) if want_off else empty(),
             like(mask) if (want_mask and mask is not None) else empty(),
-            like(weight) if want_w else empty(),
+            like(weight, w_layout) if want_w else empty(),
             weight.new_empty((weight.shape[0],)) if want_b else empty())
 
 

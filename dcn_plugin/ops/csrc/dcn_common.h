@@ -47,8 +47,9 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 //   in      (N, H, W, C)           input
 //   off     (N, P, dg*K*2)         offsets, P = Ho*Wo, K = kh*kw, (dy, dx) interleaved
 //   msk     (N, P, dg*K)           mask, or an undefined tensor (DCNv1)
-//   col     (nc, P, groups, K, C/groups) columns of the chunk (im2col writes; the others read the
-//           gradient of the columns in the same layout)
+//   col     columns of the chunk (im2col writes; the others read the gradient of the columns in the
+//           same layout): (nc, P, groups, K, C/groups) "K-major", or (nc, P, C, K) "channel-major"
+//           (channel_major_columns), which lets the GEMMs use the weight in its own layout
 //   g_off   (N, P, dg*K*2), g_msk (N, P, dg*K): written for images of the chunk; undefined = not wanted
 //   g_in    (N, H, W, C) accumulated into (float32 for half/bfloat16 inputs); zero-initialised
 struct Backend {
@@ -61,6 +62,7 @@ struct Backend {
                      int64_t n0, int64_t nc, at::Tensor& g_in);
   bool cuda;                    // dtype rules (half/bfloat16 allowed) and chunk budget
   int64_t col_budget_elements;  // the columns buffer of one chunk holds at most this many elements
+  bool channel_major_columns;   // column layout, see above
 };
 
 at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Tensor& offset,

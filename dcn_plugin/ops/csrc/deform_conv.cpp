@@ -28,14 +28,18 @@ struct Layout {
   at::Tensor in, off, msk, w;  // channels-last rows; w is (groups, O/g, K*C/g)
 };
 
-Layout channels_last_rows(const ConvParams& p, const at::Tensor& input, const at::Tensor& offset,
-                          const std::optional<at::Tensor>& mask, const at::Tensor& weight) {
+Layout channels_last_rows(const Backend& be, const ConvParams& p, const at::Tensor& input,
+                          const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                          const at::Tensor& weight) {
   // permute + contiguous: free for channels_last inputs, one copy otherwise; any strides are fine.
   Layout l;
   l.in = input.permute({0, 2, 3, 1}).contiguous();
   l.off = offset.permute({0, 2, 3, 1}).contiguous();
   if (p.has_mask) l.msk = mask->permute({0, 2, 3, 1}).contiguous();
-  l.w = weight.permute({0, 2, 3, 1}).contiguous().view({p.groups, p.o_per_group(), p.k() * p.c_per_group()});
+  // the weight in the columns' order: its own (C/g, kh, kw) order for channel-major columns (no copy
+  // for a contiguous weight), (kh, kw, C/g) for K-major ones
+  const at::Tensor w = be.channel_major_columns ? weight.contiguous() : weight.permute({0, 2, 3, 1}).contiguous();
+  l.w = w.view({p.groups, p.o_per_group(), p.k() * p.c_per_group()});
   return l;
 }
 
@@ -75,7 +79,7 @@ at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Te
                                             deform_groups, be.cuda);
   at::Tensor out = at::empty({p.n, p.o, p.ho, p.wo}, input.options());
   if (p.n == 0) return out;
-  const Layout l = channels_last_rows(p, input, offset, mask, weight);
+  const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
   const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
   at::Tensor col = at::empty({chunk, P, p.groups, kc}, input.options());
   for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
@@ -115,8 +119,11 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   at::Tensor g_in_acc = want_in ? zeros_channels_last(input.sizes(), acc_opts) : at::Tensor();
   at::Tensor g_off = want_off ? zeros_channels_last(offset.sizes(), opts) : none();
   at::Tensor g_msk = want_msk ? zeros_channels_last(mask->sizes(), opts) : none();
-  // weight gradient accumulated over chunks in float32 for half/bfloat16
-  at::Tensor g_w_acc = want_w ? zeros_channels_last(weight.sizes(), acc_opts) : at::Tensor();
+  // weight gradient accumulated over chunks in float32 for half/bfloat16, in the columns' order:
+  // contiguous for channel-major columns, channels-last for K-major ones
+  at::Tensor g_w_acc = !want_w ? at::Tensor()
+                       : be.channel_major_columns ? at::zeros(weight.sizes(), acc_opts)
+                                                  : zeros_channels_last(weight.sizes(), acc_opts);
   at::Tensor g_b = want_b ? grad_output.sum({0, 2, 3}) : none();
   auto finish = [&]() -> BackwardResult {
     at::Tensor g_in = want_in ? (low_precision ? g_in_acc.to(input.scalar_type()) : g_in_acc) : none();
@@ -125,16 +132,16 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   };
   if (p.n == 0 || !(want_in || want_off || want_msk || want_w)) return finish();
 
-  const Layout l = channels_last_rows(p, input, offset, mask, weight);
+  const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
   const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
   // grad_out as channels-last rows (N*P, O): free when it is channels_last already
   const at::Tensor go_rows = grad_output.permute({0, 2, 3, 1}).contiguous().view({p.n * P, p.o});
   const bool want_gcol = want_in || want_off || want_msk;
-  const at::Tensor w_t = want_gcol ? l.w.transpose(1, 2).contiguous() : at::Tensor();  // (groups, K*C/g, O/g)
   at::Tensor g_off_rows = want_off ? g_off.permute({0, 2, 3, 1}) : at::Tensor();   // (N, Ho, Wo, 2dgK) contiguous
   at::Tensor g_msk_rows = want_msk ? g_msk.permute({0, 2, 3, 1}) : at::Tensor();
   at::Tensor g_in_rows = want_in ? g_in_acc.permute({0, 2, 3, 1}) : at::Tensor();
-  at::Tensor g_w_rows = want_w ? g_w_acc.permute({0, 2, 3, 1}).view({p.groups, og, kc}) : at::Tensor();
+  at::Tensor g_w_rows = !want_w ? at::Tensor()
+                        : (be.channel_major_columns ? g_w_acc : g_w_acc.permute({0, 2, 3, 1})).view({p.groups, og, kc});
 
   // Per chunk, the columns' gradient and the recomputed columns are never alive at the same time:
   // the peak is one chunk-sized buffer (plus the gradients themselves).
@@ -144,11 +151,11 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
     if (want_gcol) {
       at::Tensor gcol_c;
       if (p.groups == 1) {
-        gcol_c = matmul_nt(go_c, w_t.select(0, 0)).view({nc, P, 1, kc});
+        gcol_c = matmul_nt(go_c, l.w.select(0, 0).t()).view({nc, P, 1, kc});
       } else {
         gcol_c = at::empty({nc, P, p.groups, kc}, opts);
         for (int64_t g = 0; g < p.groups; ++g)
-          gcol_c.select(2, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), w_t.select(0, g)).view({nc, P, kc}));
+          gcol_c.select(2, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), l.w.select(0, g).t()).view({nc, P, kc}));
       }
       if (want_off || want_msk) be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
       if (want_in) be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);

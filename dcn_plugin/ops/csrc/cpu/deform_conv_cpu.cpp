@@ -3,10 +3,10 @@
 // Layout: everything the gathers touch is channels-last. For one image the input is read as
 // (H, W, C) rows, so one sample's four taps are four contiguous channel rows: one set of bilinear
 // weights (and one offset/mask read) serves all channels of a deform group, and the channel loop is a
-// plain vectorisable AXPY. The columns buffer of one image is (P, groups, K, C/groups) with
-// P = Ho*Wo, K = kh*kw, and the convolution is a GEMM per conv group:
-//   out[g] (O/g, P) = W[g] (O/g, K*C/g) @ col[:, g]^T
-// Backward: grad_col = grad_out^T @ W (GEMM); offset and mask gradients in one pass per
+// plain vectorisable AXPY. The columns of one image are channel-major, (P, C, K) with P = Ho*Wo,
+// K = kh*kw (so the weight is used in its own (O, C/g*K) layout, with no copy): the channel loops
+// step through a column row with stride K, which stays in L1 (one row is C*K values).
+// Backward: offset and mask gradients in one pass per
 // (position, kernel point, deform group), reading the four taps once; the input gradient is a
 // scatter partitioned by channel ranges (no two threads touch the same element, so no atomics and
 // the result does not depend on the thread count); the weight gradient is grad_out @ col (GEMM).
@@ -37,19 +37,20 @@
 namespace dcn_plugin {
 namespace {
 
-// dst[i] = wa*a[i] + wb*b[i] + wc*c[i] + wd*d[i]
+// dst[i*ds] = wa*a[i] + wb*b[i] + wc*c[i] + wd*d[i]
 template <typename T>
-DCN_ALWAYS_INLINE void blend4(T* __restrict dst, const T* __restrict a, const T* __restrict b, const T* __restrict c,
-                   const T* __restrict d, T wa, T wb, T wc, T wd, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = wa * a[i] + wb * b[i] + wc * c[i] + wd * d[i];
+DCN_ALWAYS_INLINE void blend4(T* __restrict dst, int64_t ds, const T* __restrict a, const T* __restrict b,
+                              const T* __restrict c, const T* __restrict d, T wa, T wb, T wc, T wd, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i * ds] = wa * a[i] + wb * b[i] + wc * c[i] + wd * d[i];
 }
 
-// a[i] += wa*g[i]; b[i] += wb*g[i]; c[i] += wc*g[i]; d[i] += wd*g[i]. The four taps of a sample are
-// four different pixels; only the sink row for taps outside the image may be passed more than once.
+// a[i] += wa*g[i*gs]; b[i] += wb*g[i*gs]; ... The four taps of a sample are four different pixels;
+// only the sink row for taps outside the image may be passed more than once.
 template <typename T>
-DCN_ALWAYS_INLINE void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, T wa, T wb, T wc, T wd, int64_t n) {
+DCN_ALWAYS_INLINE void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, int64_t gs, T wa, T wb, T wc, T wd,
+                                int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const T gi = g[i];
+    const T gi = g[i * gs];
     a[i] += wa * gi;
     b[i] += wb * gi;
     c[i] += wc * gi;
@@ -57,9 +58,9 @@ DCN_ALWAYS_INLINE void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, T
   }
 }
 
-// Sums over i of g[i]*(w00 v00 + w01 v01 + w10 v10 + w11 v11), of g*dval/dy and of g*dval/dx.
+// Sums over i of g[i*gs]*(w00 v00 + w01 v01 + w10 v10 + w11 v11), of g*dval/dy and of g*dval/dx.
 template <typename T>
-DCN_ALWAYS_INLINE void coord_mask_grad(const T* __restrict g, const T* __restrict v00, const T* __restrict v01,
+DCN_ALWAYS_INLINE void coord_mask_grad(const T* __restrict g, int64_t gs, const T* __restrict v00, const T* __restrict v01,
                             const T* __restrict v10, const T* __restrict v11, const BilinearTaps<T>& t, int64_t n,
                             T& s_val, T& s_dy, T& s_dx) {
   // Per-lane partial sums (a fixed reduction order the compiler can vectorise).
@@ -71,7 +72,7 @@ DCN_ALWAYS_INLINE void coord_mask_grad(const T* __restrict g, const T* __restric
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const T gi = g[i + l];
+      const T gi = g[(i + l) * gs];
       const T x00 = v00[i + l], x01 = v01[i + l], x10 = v10[i + l], x11 = v11[i + l];
       pv[l] += gi * (a00 * x00 + a01 * x01 + a10 * x10 + a11 * x11);
       py[l] += gi * (hx * (x10 - x00) + t.lx * (x11 - x01));
@@ -79,7 +80,7 @@ DCN_ALWAYS_INLINE void coord_mask_grad(const T* __restrict g, const T* __restric
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const T gi = g[i];
+    const T gi = g[i * gs];
     const T x00 = v00[i], x01 = v01[i], x10 = v10[i], x11 = v11[i];
     pv[l] += gi * (a00 * x00 + a01 * x01 + a10 * x10 + a11 * x11);
     py[l] += gi * (hx * (x10 - x00) + t.lx * (x11 - x01));
@@ -95,20 +96,20 @@ DCN_ALWAYS_INLINE void coord_mask_grad(const T* __restrict g, const T* __restric
 
 // Multi-versioned entry points of the channel loops (target_clones does not apply to templates).
 #define DCN_DEFINE_LOOPS(T)                                                                                       \
-  DCN_SIMD_CLONES void blend4_simd(T* __restrict dst, const T* __restrict a, const T* __restrict b,              \
+  DCN_SIMD_CLONES void blend4_simd(T* __restrict dst, int64_t ds, const T* __restrict a, const T* __restrict b,  \
                                    const T* __restrict c, const T* __restrict d, T wa, T wb, T wc, T wd,          \
                                    int64_t n) {                                                                   \
-    blend4<T>(dst, a, b, c, d, wa, wb, wc, wd, n);                                                                \
+    blend4<T>(dst, ds, a, b, c, d, wa, wb, wc, wd, n);                                                            \
   }                                                                                                               \
-  DCN_SIMD_CLONES void scatter4_simd(T* a, T* b, T* c, T* d, const T* __restrict g, T wa, T wb, T wc, T wd,       \
-                                     int64_t n) {                                                                 \
-    scatter4<T>(a, b, c, d, g, wa, wb, wc, wd, n);                                                                \
+  DCN_SIMD_CLONES void scatter4_simd(T* a, T* b, T* c, T* d, const T* __restrict g, int64_t gs, T wa, T wb, T wc, \
+                                     T wd, int64_t n) {                                                           \
+    scatter4<T>(a, b, c, d, g, gs, wa, wb, wc, wd, n);                                                            \
   }                                                                                                               \
-  DCN_SIMD_CLONES void coord_mask_grad_simd(const T* __restrict g, const T* __restrict v00,                       \
+  DCN_SIMD_CLONES void coord_mask_grad_simd(const T* __restrict g, int64_t gs, const T* __restrict v00,           \
                                             const T* __restrict v01, const T* __restrict v10,                     \
                                             const T* __restrict v11, const BilinearTaps<T>& t, int64_t n,         \
                                             T& s_val, T& s_dy, T& s_dx) {                                         \
-    coord_mask_grad<T>(g, v00, v01, v10, v11, t, n, s_val, s_dy, s_dx);                                           \
+    coord_mask_grad<T>(g, gs, v00, v01, v10, v11, t, n, s_val, s_dy, s_dx);                                       \
   }
 DCN_DEFINE_LOOPS(float)
 DCN_DEFINE_LOOPS(double)
@@ -157,23 +158,14 @@ inline Sample<T> make_sample(const ImageView<T>& im, const ConvParams& p, int64_
   return s;
 }
 
-// Calls f(c0, c1, col_offset) for each run [c0, c1) of channels of deform group g that lies in one
-// conv group; col_offset is the run's position inside one (pos, k) slot of the columns layout
-// (groups, K, C/groups), given kernel point k.
-template <typename F>
-inline void for_each_channel_run(const ConvParams& p, int64_t g, int64_t k, int64_t lo, int64_t hi, F&& f) {
-  const int64_t cd = p.c_per_deform_group(), cg = p.c_per_group(), kk = p.k();
-  int64_t c0 = std::max(g * cd, lo);
-  const int64_t end = std::min((g + 1) * cd, hi);
-  while (c0 < end) {
-    const int64_t gr = c0 / cg;
-    const int64_t c1 = std::min(end, (gr + 1) * cg);
-    f(c0, c1, (gr * kk + k) * cg + (c0 - gr * cg));
-    c0 = c1;
-  }
+// The channels [c0, c1) of deform group g that lie in [lo, hi); empty when c0 >= c1.
+inline void deform_group_channels(const ConvParams& p, int64_t g, int64_t lo, int64_t hi, int64_t& c0, int64_t& c1) {
+  const int64_t cd = p.c_per_deform_group();
+  c0 = std::max(g * cd, lo);
+  c1 = std::min((g + 1) * cd, hi);
 }
 
-// Columns of one image: col (P, groups, K, C/groups).
+// Columns of one image: col (P, C, K), channel-major.
 template <typename T>
 void im2col(const ImageView<T>& im, const ConvParams& p, T* col) {
   const int64_t kk = p.k(), row = p.c * kk;
@@ -184,10 +176,10 @@ void im2col(const ImageView<T>& im, const ConvParams& p, T* col) {
         for (int64_t g = 0; g < p.deform_groups; ++g) {
           const Sample<T> s = make_sample(im, p, pos, k, g);
           const T m = s.m;
-          for_each_channel_run(p, g, k, 0, p.c, [&](int64_t c0, int64_t c1, int64_t at) {
-            blend4_simd(dst_row + at, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t.w00 * m, s.t.w01 * m,
-                   s.t.w10 * m, s.t.w11 * m, c1 - c0);
-          });
+          int64_t c0, c1;
+          deform_group_channels(p, g, 0, p.c, c0, c1);
+          blend4_simd(dst_row + c0 * kk + k, kk, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t.w00 * m,
+                      s.t.w01 * m, s.t.w10 * m, s.t.w11 * m, c1 - c0);
         }
       }
     }
@@ -231,14 +223,10 @@ void offset_mask_grad_cpu(const at::Tensor& in, const at::Tensor& off, const at:
               const Sample<T> s = make_sample(im, p, pos, k, g);
               T sv = 0, sy = 0, sx = 0;
               if (s.t.in_range) {
-                for_each_channel_run(p, g, k, 0, p.c, [&](int64_t c0, int64_t c1, int64_t at) {
-                  T v, dy, dx;
-                  coord_mask_grad_simd(gc + pos * row + at, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0, s.t, c1 - c0, v,
-                                  dy, dx);
-                  sv += v;
-                  sy += dy;
-                  sx += dx;
-                });
+                int64_t c0, c1;
+                deform_group_channels(p, g, 0, p.c, c0, c1);
+                coord_mask_grad_simd(gc + pos * row + c0 * kk + k, kk, s.r00 + c0, s.r01 + c0, s.r10 + c0, s.r11 + c0,
+                                     s.t, c1 - c0, sv, sy, sx);
               }
               if (goff) {
                 goff[pos * 2 * dg * kk + 2 * (g * kk + k)] = s.m * sy;
@@ -276,12 +264,14 @@ void input_grad_cpu(const at::Tensor& off, const at::Tensor& msk, const at::Tens
             for (int64_t g = std::max<int64_t>(0, c_lo / cd); g < dg && g * cd < c_hi; ++g) {
               const Sample<T> s = make_sample(im, p, pos, k, g);
               if (!s.t.in_range) continue;
-              for_each_channel_run(p, g, k, c_lo, c_hi, [&](int64_t c0, int64_t c1, int64_t at) {
-                T* sk = sink.data() + (c0 - c_lo);
-                scatter4_simd(s.i00 >= 0 ? gin + s.i00 * p.c + c0 : sk, s.i01 >= 0 ? gin + s.i01 * p.c + c0 : sk,
-                         s.i10 >= 0 ? gin + s.i10 * p.c + c0 : sk, s.i11 >= 0 ? gin + s.i11 * p.c + c0 : sk,
-                         gc + pos * row + at, s.t.w00 * s.m, s.t.w01 * s.m, s.t.w10 * s.m, s.t.w11 * s.m, c1 - c0);
-              });
+              int64_t c0, c1;
+              deform_group_channels(p, g, c_lo, c_hi, c0, c1);
+              if (c0 >= c1) continue;
+              T* sk = sink.data() + (c0 - c_lo);
+              scatter4_simd(s.i00 >= 0 ? gin + s.i00 * p.c + c0 : sk, s.i01 >= 0 ? gin + s.i01 * p.c + c0 : sk,
+                            s.i10 >= 0 ? gin + s.i10 * p.c + c0 : sk, s.i11 >= 0 ? gin + s.i11 * p.c + c0 : sk,
+                            gc + pos * row + c0 * kk + k, kk, s.t.w00 * s.m, s.t.w01 * s.m, s.t.w10 * s.m,
+                            s.t.w11 * s.m, c1 - c0);
             }
           }
         }
@@ -294,7 +284,7 @@ void input_grad_cpu(const at::Tensor& off, const at::Tensor& msk, const at::Tens
 // buffers, below torchvision's, which holds the columns of several images), several images at a
 // time for small maps, so that their GEMMs stay large enough to run at full speed.
 const Backend kCpuBackend{&im2col_cpu, &offset_mask_grad_cpu, &input_grad_cpu, /*cuda=*/false,
-                          /*col_budget_elements=*/int64_t(1) << 20};
+                          /*col_budget_elements=*/int64_t(1) << 20, /*channel_major_columns=*/true};
 
 at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                        const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,

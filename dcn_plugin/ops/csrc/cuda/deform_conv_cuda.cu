@@ -291,7 +291,7 @@ void input_grad_cuda(const at::Tensor& off, const at::Tensor& msk, const at::Ten
 }
 
 const Backend kCudaBackend{&im2col_cuda, &offset_mask_grad_cuda, &input_grad_cuda, /*cuda=*/true,
-                           /*col_budget_elements=*/int64_t(1) << 28};
+                           /*col_budget_elements=*/int64_t(1) << 28, /*channel_major_columns=*/false};
 
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                         const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
