@@ -65,13 +65,27 @@ class ModulatedDeformConv2d(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """mmcv's initialisation: ``U(-1/sqrt(n), 1/sqrt(n))`` with ``n = C * kh * kw``, zero bias."""
+        """mmcv's initialisation: ``U(-1/sqrt(n), 1/sqrt(n))`` with ``n = C * kh * kw``, zero bias;
+        a ``conv_offset`` (Pack variants) is zeroed, so a fresh layer samples the regular grid."""
         n = self.in_channels * math.prod(self.kernel_size)
         stdv = 1.0 / math.sqrt(n)
         with torch.no_grad():
             self.weight.uniform_(-stdv, stdv)
             if self.bias is not None:
                 self.bias.zero_()
+        conv_offset = getattr(self, 'conv_offset', None)  # the Pack variants' offset predictor
+        if conv_offset is not None:
+            nn.init.zeros_(conv_offset.weight)
+            nn.init.zeros_(conv_offset.bias)
+
+    def _add_conv_offset(self, values_per_point: int) -> None:
+        """Give the layer its offset (and mask) predictor: a conv with this layer's geometry and
+        ``values_per_point * deform_groups * kh * kw`` outputs, zero-initialised."""
+        self.conv_offset = nn.Conv2d(self.in_channels,
+                                     self.deform_groups * values_per_point * math.prod(self.kernel_size),
+                                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                                     dilation=self.dilation, bias=True)
+        self.init_weights()
 
     def forward(self, x: Tensor, offset: Tensor, mask: Optional[Tensor]) -> Tensor:
         return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
@@ -102,16 +116,7 @@ class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.conv_offset = nn.Conv2d(self.in_channels, self.deform_groups * 3 * math.prod(self.kernel_size),
-                                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-                                     dilation=self.dilation, bias=True)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if hasattr(self, 'conv_offset'):
-            nn.init.zeros_(self.conv_offset.weight)
-            nn.init.zeros_(self.conv_offset.bias)
+        self._add_conv_offset(3)  # (dy, dx, mask) per kernel point
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         out = self.conv_offset(x)
@@ -164,16 +169,7 @@ class DeformConv2dPack(DeformConv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.conv_offset = nn.Conv2d(self.in_channels, self.deform_groups * 2 * math.prod(self.kernel_size),
-                                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-                                     dilation=self.dilation, bias=True)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if hasattr(self, 'conv_offset'):
-            nn.init.zeros_(self.conv_offset.weight)
-            nn.init.zeros_(self.conv_offset.bias)
+        self._add_conv_offset(2)  # (dy, dx) per kernel point
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         offset = self.conv_offset(x)
