@@ -96,7 +96,7 @@ if ! mmcv_ok || [ "$(cat "$MMCV_STAMP" 2>/dev/null)" != "$MMCV_FLAVOUR" ]; then
   WHEEL="$(ls "$MMCV_CACHE"/mmcv-*.whl 2>/dev/null | head -n1 || true)"
   if [ -z "$WHEEL" ]; then
     log "building mmcv $MMCV_VER with ops ($MMCV_FLAVOUR) once; cached in $MMCV_CACHE"
-    log "  (about 10-15 min CPU-only on 2 cores; with CUDA ops expect 30-60 min on 16 cores)"
+    log "  (CPU-only: about 8-10 min measured on 2 cores; with CUDA ops much longer, not measured here)"
     WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
     # pip runs setup.py egg_info even to download an sdist, and mmcv's imports pkg_resources:
     # fetch it from a throwaway venv whose setuptools still has it.
