@@ -67,7 +67,8 @@ def test_config_builds_its_model(path):
             types = {type(m).__name__ for m in model.neck.modules()} | {type(m).__name__ for m in model.backbone.modules()}
             want = kind if isinstance(kind, str) else kind.__name__
             assert want in types and 'BatchNorm2d' not in types
-            assert want in {type(m).__name__ for m in model.roi_head.bbox_head.modules()}
+            if '/demo/' not in path:  # COCO configs: 4conv1fc head with the norm (the demo's head is 2fc)
+                assert want in {type(m).__name__ for m in model.roi_head.bbox_head.modules()}
     if 'x101' in name:
         assert model.backbone.groups == 32 and model.backbone.base_width == 4 and model.backbone.depth == 101
     if 'r101' in name:

@@ -1,7 +1,7 @@
 # The demo's plain-conv model: Faster R-CNN, ResNet-18 (half width) + FPN (64 channels), GroupNorm in
-# backbone and neck, a light RPN / RoI budget, trained
-# from scratch on the embedded "deformed shapes" data (tools/generate_demo_data.py) in a CPU-sized
-# schedule. faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py is the same model with DCNv2.
+# every conv of backbone and neck (the box head is 2fc, with no conv to normalise), a light RPN / RoI
+# budget, trained from scratch on the embedded "deformed shapes" data (tools/generate_demo_data.py)
+# in a CPU-sized schedule (docs/demo.md). faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py is the same model with DCNv2.
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['dcn_plugin'], allow_failed_imports=False)
 
@@ -67,7 +67,8 @@ model = dict(
     roi_head=dict(
         # RoIAlign with a fixed 2x2 samples per bin, 2fc box head: the 4conv head on every RoI cost
         # more than the whole backbone on this CPU budget
-        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64),
+        # finest_scale 28 (mmdet: 56): RoIs of 56-112 px pool from P3, larger from P4, for 256 px images
+        bbox_roi_extractor=dict(roi_layer=dict(sampling_ratio=2), out_channels=64, finest_scale=28),
         bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=5)),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
@@ -77,7 +78,7 @@ model = dict(
         rcnn=dict(max_per_img=50)))
 
 # ------------------------------------------------------------------ schedule
-max_iters = 500
+max_iters = 1500  # 15 epochs of the 400 training images, batch 4
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters)
 optim_wrapper = dict(
     _delete_=True,
@@ -90,7 +91,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=250, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=500, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False, window_size=20)
 randomness = dict(seed=0)
 auto_scale_lr = dict(enable=False, base_batch_size=4)

@@ -187,7 +187,8 @@ def draw_sampling_locations(image: np.ndarray, panels: Sequence[Tuple[np.ndarray
     import cv2
     h, w = image.shape[:2]
     base = cv2.resize(image, (w * upscale, h * upscale), interpolation=cv2.INTER_NEAREST)
-    base = (base.astype(np.float32) * 0.6).astype(np.uint8)  # dim, so the points stand out
+    gray = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY)
+    base = cv2.cvtColor((gray.astype(np.float32) * 0.55).astype(np.uint8), cv2.COLOR_GRAY2BGR)  # dim grey: colours stand out
     out = []
     for points, weights, origin in panels:
         canvas = base.copy()
@@ -195,23 +196,26 @@ def draw_sampling_locations(image: np.ndarray, panels: Sequence[Tuple[np.ndarray
             for b in boxes:
                 x1, y1, x2, y2 = (np.asarray(b[:4]) * upscale).astype(int)
                 cv2.rectangle(canvas, (x1, y1), (x2, y2), (255, 255, 255), 1, cv2.LINE_AA)
-        wmax = float(weights.max()) if len(weights) else 1.0
+        # products of masks span decades: colour on a log scale, two decades below the 98th percentile
+        top = float(np.percentile(weights, 98)) if len(weights) else 1.0
         order = np.argsort(weights)  # strongest drawn last (on top)
         for k in order:
             x, y = points[k] * upscale + (upscale - 1) / 2
             if modulated:
-                v = int(np.clip(weights[k] / max(wmax, 1e-12), 0, 1) * 255)
+                rel = np.log10(max(float(weights[k]), 1e-12) / max(top, 1e-12))
+                v = int(np.clip((rel + 2) / 2, 0, 1) * 255)
                 col = tuple(int(c) for c in cv2.applyColorMap(np.uint8([[v]]), cv2.COLORMAP_JET)[0, 0])
             else:
                 col = (0, 255, 255)
-            cv2.circle(canvas, (int(round(x)), int(round(y))), max(1, upscale), col, -1, cv2.LINE_AA)
+            cv2.circle(canvas, (int(round(x)), int(round(y))), upscale + 1, col, -1, cv2.LINE_AA)
         ox, oy = origin * upscale + (upscale - 1) / 2
         cv2.drawMarker(canvas, (int(round(ox)), int(round(oy))), (0, 255, 0), cv2.MARKER_CROSS, 6 * upscale,
                        2, cv2.LINE_AA)
         out.append(canvas)
     pic = np.concatenate(out, axis=1) if out else base
     legend = np.zeros((28, pic.shape[1], 3), np.uint8)
-    text = title + ('  colour: modulation weight (blue low, red high)' if modulated else '')
+    text = title + ('  colour: product of modulation weights, log scale (blue <= 1%, red >= 98th pct)'
+                    if modulated else '')
     cv2.putText(legend, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     if modulated:
         bar = cv2.applyColorMap(np.linspace(0, 255, 120).astype(np.uint8)[None].repeat(10, 0), cv2.COLORMAP_JET)
