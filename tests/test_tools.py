@@ -394,3 +394,12 @@ def test_two_process_cpu_distributed_train_and_test(tiny):
                env=env)
     assert 'bbox_mAP' in out, out[-4000:]
     assert (wd / 'test_metrics.json').exists()
+
+
+def test_package_lookup_without_pkg_resources():
+    # mmengine resolves 'mmdet::' base configs through these; setuptools >= 81 has no pkg_resources
+    from dcn_plugin.utils.compat import get_installed_path, is_installed
+    assert is_installed('torch') and not is_installed('surely-not-installed-pkg')
+    assert osp.isfile(osp.join(get_installed_path('torch'), '__init__.py'))
+    if HAVE_MMDET:
+        assert osp.isdir(osp.join(get_installed_path('mmdet'), '.mim', 'configs'))

@@ -13,7 +13,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from dcn_plugin.apis import build_runner, load_config, save_metrics, setup_test_cfg  # noqa: E402
+from dcn_plugin.apis import (build_runner, load_config, save_metrics, setup_test_cfg,  # noqa: E402
+                             teardown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +48,7 @@ def main(argv=None) -> dict:
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
     save_metrics(metrics, cfg.work_dir, checkpoint=args.checkpoint, config=args.config)
+    teardown_distributed()
     return metrics
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from dcn_plugin.apis import build_runner, load_config, setup_train_cfg  # noqa: E402
+from dcn_plugin.apis import build_runner, load_config, setup_train_cfg, teardown_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     setup_train_cfg(cfg, amp=args.amp, resume=args.resume, auto_scale_lr=args.auto_scale_lr)
     runner = build_runner(cfg)
     runner.train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ from ..utils.checkpoint import register_safe_checkpoint_globals
 from ..utils.compat import patch_mmengine_package_utils
 
 __all__ = ['load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
-           'save_metrics', 'setup_distributed', 'default_work_dir']
+           'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir']
 
 register_safe_checkpoint_globals()
 patch_mmengine_package_utils()  # 'mmdet::' base configs without pkg_resources (setuptools >= 81)
@@ -117,6 +117,18 @@ def setup_distributed(cfg: Config) -> None:
     dist.init_process_group(backend='gloo', timeout=datetime.timedelta(seconds=timeout))
     if dist.get_rank() == 0:
         print_log(f'distributed on CPU: backend gloo, world size {dist.get_world_size()}', logger='current')
+
+
+def teardown_distributed() -> None:
+    """Wait for every rank, then close the process group (no-op when not distributed).
+
+    Without it a rank that finishes first exits while another is still inside a gloo collective,
+    which then aborts with a connection error (seen as a SIGABRT of rank 1 in 2-process CPU runs).
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def setup_train_cfg(cfg: Config, amp: bool = False, resume: Optional[str] = None,
