@@ -56,11 +56,17 @@ if [ "$FRESH" = 1 ] && [ -d "$WORK_DIR" ]; then
   say "removing the earlier run in $WORK_DIR (--fresh)"
   rm -rf "$WORK_DIR"
 fi
-say "3/5 training $NAME (continues an interrupted run; log and checkpoints in $WORK_DIR)"
+FINAL="$WORK_DIR/iter_$("$PY" -c "import dcn_plugin.apis as a; print(a.load_config('$CONFIG').train_cfg.max_iters)").pth"
 T0=$(date +%s)
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --resume
+if [ -f "$FINAL" ]; then
+  say "3/5 training: already done ($FINAL; --fresh trains again)"
+  CKPT="$FINAL"
+else
+  say "3/5 training $NAME (continues an interrupted run; log and checkpoints in $WORK_DIR)"
+  "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --resume
+  CKPT="$(cat "$WORK_DIR/last_checkpoint")"
+fi
 TRAIN_S=$(( $(date +%s) - T0 ))
-CKPT="$(cat "$WORK_DIR/last_checkpoint")"
 
 say "4/5 COCO evaluation on val ($CKPT)"
 T0=$(date +%s)
