@@ -70,10 +70,12 @@ if ! have "torch;==$TORCH_VER" "torchvision;==$TV_VER"; then
   log "installing torch==$TORCH_VER torchvision==$TV_VER (about a minute from the local wheel cache)"
   vpip install "torch==$TORCH_VER" "torchvision==$TV_VER"
 fi
-# build tools for our extension and mmcv (torch needs setuptools>=77; mmcv's setup.py is patched below)
-if ! have "setuptools;>=77" wheel ninja numpy pytest "mmengine;>=0.10.5,<0.11" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil; then
+# build tools for our extension and mmcv. torch needs setuptools>=77; mmengine 0.10 finds 'mmdet::'
+# base configs through pkg_resources, which setuptools 81 removed: keep it below 81 (mmcv's setup.py
+# is patched below and needs neither).
+if ! have "setuptools;>=77,<81" wheel ninja numpy pytest "mmengine;>=0.10.5,<0.11" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil; then
   log "installing build and runtime requirements"
-  vpip install "setuptools>=77" wheel ninja numpy pytest pytest-timeout "$MMENGINE_SPEC" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil opencv-python-headless
+  vpip install "setuptools>=77,<81" wheel ninja numpy pytest pytest-timeout "$MMENGINE_SPEC" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil opencv-python-headless
 fi
 
 CUDA_HOME_FOUND="$(find_cuda_home || true)"

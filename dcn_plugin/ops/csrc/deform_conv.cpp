@@ -134,8 +134,6 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
 
   const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
   const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
-  // grad_out as channels-last rows (N*P, O): free when it is channels_last already
-  const at::Tensor go_rows = grad_output.permute({0, 2, 3, 1}).contiguous().view({p.n * P, p.o});
   const bool want_gcol = want_in || want_off || want_msk;
   at::Tensor g_off_rows = want_off ? g_off.permute({0, 2, 3, 1}) : at::Tensor();   // (N, Ho, Wo, 2dgK) contiguous
   at::Tensor g_msk_rows = want_msk ? g_msk.permute({0, 2, 3, 1}) : at::Tensor();
@@ -147,7 +145,9 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   // the peak is one chunk-sized buffer (plus the gradients themselves).
   for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
     const int64_t nc = std::min(chunk, p.n - n0);
-    const at::Tensor go_c = go_rows.narrow(0, n0 * P, nc * P);  // (nc*P, O)
+    // the chunk's grad_out as channels-last rows (nc*P, O): a view when grad_output is channels_last,
+    // else a chunk-sized copy (not a copy of the whole batch)
+    const at::Tensor go_c = grad_output.narrow(0, n0, nc).permute({0, 2, 3, 1}).reshape({nc * P, p.o});
     if (want_gcol) {
       at::Tensor gcol_c;
       if (p.groups == 1) {
