@@ -112,8 +112,8 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   const auto opts = input.options();
   // a fresh empty tensor for each gradient not asked for (outputs of an op must not alias)
   auto none = [&opts] { return at::empty({0}, opts); };
-  // The gradients of input, offset, mask and weight come out channels-last (the layout the kernels
-  // work in); the fake kernels in functional.py promise the same strides.
+  // The gradients of input, offset and mask come out channels-last (the layout the kernels work in),
+  // the weight's in the columns' order (below); the fake kernels in functional.py promise the same.
   const bool low_precision = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
   const auto acc_opts = low_precision ? opts.dtype(at::kFloat) : opts;
   at::Tensor g_in_acc = want_in ? zeros_channels_last(input.sizes(), acc_opts) : at::Tensor();
