@@ -9,6 +9,7 @@ registers its operators with ``TORCH_LIBRARY`` and is loaded with ``torch.ops.lo
     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" pip install --no-build-isolation -e .
 """
 import glob
+import importlib.util
 import os
 import sys
 
@@ -19,6 +20,14 @@ from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join('dcn_plugin', 'ops', 'csrc')
+
+
+def source_digest() -> str:
+    """The digest the package checks the library against at import (dcn_plugin/ops/_library.py)."""
+    spec = importlib.util.spec_from_file_location('_dcn_library', os.path.join(ROOT, 'dcn_plugin', 'ops', '_library.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.source_digest()
 
 
 def want_cuda() -> bool:
@@ -33,7 +42,8 @@ def want_cuda() -> bool:
 def extensions():
     cpp_std = '-std=c++20'  # torch >= 2.10 headers require C++20
     sources = sorted(glob.glob(os.path.join(CSRC, '*.cpp')) + glob.glob(os.path.join(CSRC, 'cpu', '*.cpp')))
-    define_macros = []  # (torch adds Py_LIMITED_API for py_limited_api=True)
+    # (torch adds Py_LIMITED_API for py_limited_api=True)
+    define_macros = [('DCN_SOURCE_DIGEST', source_digest())]  # hex digits, stringised in ops.cpp
     extra = {'cxx': ['-O3', cpp_std, '-fno-math-errno']}
     ext_cls = cpp_extension.CppExtension
     if want_cuda():

@@ -1,26 +1,17 @@
-import hashlib
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def _op_source_digest() -> str:
-    root = Path(__file__).resolve().parents[1] / 'dcn_plugin' / 'ops'
-    h = hashlib.sha256()
-    for path in sorted([root / 'functional.py', *(root / 'csrc').rglob('*')]):
-        if path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+from dcn_plugin.ops._library import source_digest
 
 
-# Inductor's on-disk cache does not key on a custom op's fake kernel: code compiled against an older
+# Inductor's on-disk cache does not key on a custom op's Meta kernel: code compiled against an older
 # version of our op (other output strides, say) would be reused and fail. Key the tests' cache on the
 # op's sources instead (kept across runs while they are unchanged).
 os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), f'torchinductor_dcn_plugin_{_op_source_digest()}'))
+                      os.path.join(tempfile.gettempdir(), f'torchinductor_dcn_plugin_{source_digest()}'))
 
 # keep the op tests reproducible and the 2-core CI machine responsive
 torch.set_num_threads(int(os.environ.get('DCN_TEST_THREADS', '2')))

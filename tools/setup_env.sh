@@ -135,18 +135,8 @@ if ! have "mmdet;==$MMDET_VER"; then
 fi
 
 # ---------------------------------------------------------------- this package (editable) + _C
-ext_stale() {
-  "$VPY" - "$ROOT" <<'PYEOF'
-import sys, pathlib, glob, os
-root = pathlib.Path(sys.argv[1])
-libs = glob.glob(str(root / 'dcn_plugin' / '_C*.so'))
-if not libs:
-    sys.exit(0)
-built = os.path.getmtime(libs[0])
-srcs = [p for p in (root / 'dcn_plugin' / 'ops' / 'csrc').rglob('*') if p.is_file()] + [root / 'setup.py']
-sys.exit(0 if any(os.path.getmtime(p) > built for p in srcs) else 1)
-PYEOF
-}
+# missing, built from other sources, or built against another torch: the package's own import check
+ext_stale() { ! "$VPY" -c "import dcn_plugin.ops" 2>/dev/null; }
 DCN_FLAVOUR="$([ "$WANT_CUDA" = 1 ] && echo "cuda_${TORCH_CUDA_ARCH_LIST:-native}" || echo cpu)"
 DCN_STAMP="$VENV/.dcn-plugin-flavour"
 if ! "$VPY" -c "import importlib.metadata as m; m.version('dcn_plugin')" 2>/dev/null || ext_stale \

@@ -1,5 +1,6 @@
 """Every malformed input raises a Python exception naming the argument, expected and actual value,
-before any kernel runs: through the function, through the raw op (C++ checks) and under compile."""
+before any kernel runs: through the function, through the raw op (the operator's one validator, in
+C++) and under compile (the same validator in the op's Meta kernel)."""
 import re
 
 import pytest
@@ -80,7 +81,7 @@ def _pair(v):
     return [v, v] if isinstance(v, int) else list(v)
 
 
-# the raw op bypasses the Python checks: the C++ checks must say the same things
+# the raw op says the same things (the function converts Python arguments only; the op checks them)
 RAW = [m for m in MALFORMED if m[0] not in ('stride not int', 'padding triple', 'input not a tensor')]
 
 
@@ -88,8 +89,6 @@ RAW = [m for m in MALFORMED if m[0] not in ('stride not int', 'padding triple', 
 def test_raw_op_rejects_malformed_input_from_cpp(change, exc, pattern):
     args = _args()
     args.update(change)
-    if args['weight'].device.type == 'meta':  # the dispatcher itself refuses mixed cpu/meta tensors
-        pytest.skip('mixed cpu/meta is refused by the dispatcher before any kernel')
     with pytest.raises(exc, match=pattern):
         torch.ops.dcn_plugin.modulated_deform_conv2d(
             args['input'], args['offset'], args['mask'], args['weight'], args['bias'], _pair(args['stride']),
@@ -110,3 +109,87 @@ def test_backward_op_rejects_wrong_grad_output_shape():
         torch.ops.dcn_plugin.modulated_deform_conv2d_backward(
             torch.zeros(2, 6, 7, 5, dtype=torch.float64), x, offset, mask, weight, [1, 1], [1, 1], [1, 1], 2, 2,
             [True] * 5)
+
+
+# ----------------------------------------------------------------------------- edge sizes
+def test_empty_spatial_input_is_refused_not_dereferenced():
+    # (H = 0 with padding 2 makes a 2x8 output: the kernels would read a null data pointer)
+    for shape in ((1, 4, 0, 6), (1, 4, 6, 0)):
+        x = torch.randn(*shape)
+        ho, wo = shape[2] + 4 - 2, shape[3] + 4 - 2
+        with pytest.raises(ValueError, match=r'input height and width must be positive, got input shape'):
+            modulated_deform_conv2d(x, torch.zeros(1, 18, ho, wo), torch.ones(1, 9, ho, wo),
+                                    torch.randn(4, 4, 3, 3), None, 1, 2)
+        with pytest.raises(ValueError, match=r'input height and width must be positive'):
+            modulated_deform_conv2d(x.double(), torch.zeros(1, 18, ho, wo).double(), None,
+                                    torch.randn(4, 4, 3, 3).double(), None, 1, 2)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_zero_input_channels_give_the_bias(dtype):
+    x = torch.randn(2, 0, 5, 5, dtype=dtype, requires_grad=True)
+    offset = torch.randn(2, 18, 5, 5, dtype=dtype, requires_grad=True)
+    mask = torch.rand(2, 9, 5, 5, dtype=dtype, requires_grad=True)
+    weight = torch.randn(3, 0, 3, 3, dtype=dtype, requires_grad=True)
+    bias = torch.randn(3, dtype=dtype, requires_grad=True)
+    out = modulated_deform_conv2d(x, offset, mask, weight, bias, 1, 1)
+    torch.testing.assert_close(out, bias.detach().view(1, 3, 1, 1).expand(2, 3, 5, 5))
+    out.sum().backward()
+    assert x.grad.shape == x.shape and weight.grad.shape == weight.shape
+    assert offset.grad.abs().sum() == 0 and mask.grad.abs().sum() == 0
+    torch.testing.assert_close(bias.grad, torch.full((3,), 50.0, dtype=dtype))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_zero_output_channels_forward_and_backward(dtype):
+    x = torch.randn(2, 4, 5, 5, dtype=dtype, requires_grad=True)
+    offset = torch.randn(2, 18, 5, 5, dtype=dtype, requires_grad=True)
+    weight = torch.randn(0, 4, 3, 3, dtype=dtype, requires_grad=True)
+    out = modulated_deform_conv2d(x, offset, None, weight, None, 1, 1)
+    assert out.shape == (2, 0, 5, 5)
+    out.sum().backward()
+    assert x.grad.abs().sum() == 0 and offset.grad.abs().sum() == 0 and weight.grad.shape == (0, 4, 3, 3)
+
+
+def test_raw_op_refuses_hyper_parameters_that_would_overflow():
+    x, offset, mask, weight, bias = BASE.make()
+    for name, value in (('dilation', [2 ** 62, 1]), ('padding', [1, 2 ** 62]), ('stride', [2 ** 40, 1])):
+        args = dict(stride=[1, 1], padding=[1, 1], dilation=[1, 1])
+        args[name] = value
+        with pytest.raises(ValueError, match=f'{name} must be at most 2147483647'):
+            torch.ops.dcn_plugin.modulated_deform_conv2d(x, offset, mask, weight, bias, args['stride'],
+                                                         args['padding'], args['dilation'], 2, 2)
+    # the largest accepted dilation: the kernel is then larger than the input, said as such
+    with pytest.raises(ValueError, match=r'the dilated kernel .* is larger than the padded input'):
+        torch.ops.dcn_plugin.modulated_deform_conv2d(x, offset, mask, weight, bias, [1, 1], [1, 1],
+                                                     [2 ** 31 - 1, 1], 2, 2)
+
+
+def test_raw_backward_refuses_grad_output_on_another_device():
+    x, offset, mask, weight, bias = BASE.make()
+    with pytest.raises(ValueError, match=r'grad_output must be on the same device as input \(cpu\), got meta'):
+        torch.ops.dcn_plugin.modulated_deform_conv2d_backward(
+            torch.zeros(2, 6, 7, 6, dtype=torch.float64, device='meta'), x, offset, mask, weight, [1, 1], [1, 1],
+            [1, 1], 2, 2, [True] * 5)
+
+
+def test_double_backward_raises_instead_of_returning_zeros():
+    x, offset, mask, weight, bias = (t.requires_grad_() for t in BASE.make())
+    out = modulated_deform_conv2d(x, offset, mask, weight, bias, 1, 1, 1, 2, 2)
+    (gx,) = torch.autograd.grad(out.square().sum(), (x,), create_graph=True)
+    with pytest.raises(NotImplementedError, match='double backward'):
+        torch.autograd.grad(gx.sum(), (weight,))
+
+
+@pytest.mark.slow
+def test_float32_rows_past_two_to_the_24_sample_the_right_pixel():
+    # float32 holds integers exactly only up to 2^24: a sampling row computed as float(y) + dy would read
+    # a neighbour of the right pixel beyond it; the kernels keep the integer grid position exact
+    h = 2 ** 24 + 40
+    x = (torch.arange(h, dtype=torch.float64) % 1000).to(torch.float32).view(1, 1, h, 1)
+    offset = torch.zeros(1, 2, h, 1)
+    offset[0, 0] = 0.25  # a quarter row down
+    out = modulated_deform_conv2d(x, offset, None, torch.ones(1, 1, 1, 1), None)
+    rows = torch.arange(h - 40, h - 1)
+    expected = 0.75 * (rows % 1000).double() + 0.25 * ((rows + 1) % 1000).double()
+    torch.testing.assert_close(out[0, 0, h - 40:h - 1, 0].double(), expected, rtol=0, atol=1e-4)

@@ -11,33 +11,37 @@
 
 namespace dcn_plugin {
 
-constexpr int64_t kAbiVersion = 1;  // keep equal to dcn_plugin/ops/_library.py ABI_VERSION
-
-// Sizes of one deformable convolution call, derived and validated once.
-struct ConvParams {
-  int64_t n, c, h, w;          // input
-  int64_t o, kh, kw;           // weight (O, C/groups, kh, kw)
-  int64_t ho, wo;              // output
+// Sizes of one deformable convolution call, derived and validated once. I is int64_t for the
+// kernels and c10::SymInt for the Meta kernel (see checks.h).
+template <typename I>
+struct ConvParamsT {
+  I n, c, h, w;                // input
+  I o, kh, kw;                 // weight (O, C/groups, kh, kw)
+  I ho, wo;                    // output
   int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
   int64_t groups, deform_groups;
   bool has_mask;
-  DCN_HOST_DEVICE int64_t k() const { return kh * kw; }
-  DCN_HOST_DEVICE int64_t p() const { return ho * wo; }
-  DCN_HOST_DEVICE int64_t c_per_group() const { return c / groups; }
-  DCN_HOST_DEVICE int64_t o_per_group() const { return o / groups; }
-  DCN_HOST_DEVICE int64_t c_per_deform_group() const { return c / deform_groups; }
+  DCN_HOST_DEVICE I k() const { return kh * kw; }
+  DCN_HOST_DEVICE I p() const { return ho * wo; }
+  DCN_HOST_DEVICE I c_per_group() const { return c / groups; }
+  DCN_HOST_DEVICE I o_per_group() const { return o / groups; }
+  DCN_HOST_DEVICE I c_per_deform_group() const { return c / deform_groups; }
 };
+using ConvParams = ConvParamsT<int64_t>;
 
-// Validates every argument (ranks, shapes, channel/group relations, hyper-parameters, dtypes,
-// devices) and returns the sizes. Raises ValueError / TypeError (TORCH_CHECK_VALUE / _TYPE) with
-// messages that name the argument, the expected and the actual value.
-ConvParams check_and_get_params(const at::Tensor& input, const at::Tensor& offset,
-                                const std::optional<at::Tensor>& mask, const at::Tensor& weight,
-                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                int64_t deform_groups, bool cuda_dtypes);
+// The operator's validator (deform_conv.cpp; instantiated for int64_t and c10::SymInt): every rule
+// on the arguments (ranks, shapes, channel/group relations, hyper-parameters, dtypes, devices), with
+// messages that name the argument, the expected and the actual value. ValueError / TypeError.
+template <typename I>
+ConvParamsT<I> check_conv_args(const at::Tensor& input, const at::Tensor& offset,
+                               const std::optional<at::Tensor>& mask, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               int64_t deform_groups);
 
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvParams& p);
+// grad_output of the backward op: the output's shape, the input's dtype and device.
+template <typename I>
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvParamsT<I>& p);
 
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -60,7 +64,6 @@ struct Backend {
                            at::Tensor& g_msk);
   void (*input_grad)(const at::Tensor& off, const at::Tensor& msk, const at::Tensor& gcol, const ConvParams& p,
                      int64_t n0, int64_t nc, at::Tensor& g_in);
-  bool cuda;                    // dtype rules (half/bfloat16 allowed) and chunk budget
   int64_t col_budget_elements;  // the columns buffer of one chunk holds at most this many elements
   bool channel_major_columns;   // column layout, see above
 };

@@ -15,13 +15,121 @@
 // without oneDNN use at::mm.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
+#include "checks.h"
 #include "dcn_common.h"
 
 namespace dcn_plugin {
 
+// ----------------------------------------------------------------------------------- validation
+namespace {
+
+// Hyper-parameters above this are refused: they keep every size computed from them inside int64_t.
+constexpr int64_t kMaxHyper = std::numeric_limits<int32_t>::max();
+
+void check_hyper(at::IntArrayRef v, const char* name, int64_t low) {
+  check_pair(v, name, low);
+  TORCH_CHECK_VALUE(v[0] <= kMaxHyper && v[1] <= kMaxHyper, name, " must be at most ", kMaxHyper, ", got ",
+                    tuple_str(v));
+}
+
+}  // namespace
+
+template <typename I>
+ConvParamsT<I> check_conv_args(const at::Tensor& input, const at::Tensor& offset,
+                               const std::optional<at::Tensor>& mask, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               int64_t deform_groups) {
+  const bool has_mask = mask.has_value() && mask->defined();
+  const bool has_bias = bias.has_value() && bias->defined();
+  check_rank(input, "input", 4, " (N, C, H, W)");
+  check_rank(offset, "offset", 4, " (N, 2*deform_groups*kh*kw, Ho, Wo)");
+  check_rank(weight, "weight", 4, " (O, C/groups, kh, kw)");
+  if (has_mask) check_rank(*mask, "mask", 4, " (N, deform_groups*kh*kw, Ho, Wo)");
+  if (has_bias) check_rank(*bias, "bias", 1, " (O,)");
+
+  check_same_device(offset, "offset", input);
+  check_same_device(weight, "weight", input);
+  if (has_mask) check_same_device(*mask, "mask", input);
+  if (has_bias) check_same_device(*bias, "bias", input);
+  check_floating_input(input);
+  check_same_dtype(offset, "offset", input);
+  check_same_dtype(weight, "weight", input);
+  if (has_mask) check_same_dtype(*mask, "mask", input);
+  if (has_bias) check_same_dtype(*bias, "bias", input);
+
+  check_hyper(stride, "stride", 1);
+  check_hyper(padding, "padding", 0);
+  check_hyper(dilation, "dilation", 1);
+  TORCH_CHECK_VALUE(groups >= 1, "groups must be a positive int, got ", groups);
+  TORCH_CHECK_VALUE(deform_groups >= 1, "deform_groups must be a positive int, got ", deform_groups);
+
+  ConvParamsT<I> p;
+  p.n = size_of<I>(input, 0); p.c = size_of<I>(input, 1); p.h = size_of<I>(input, 2); p.w = size_of<I>(input, 3);
+  p.o = size_of<I>(weight, 0); p.kh = size_of<I>(weight, 2); p.kw = size_of<I>(weight, 3);
+  p.stride_h = stride[0]; p.stride_w = stride[1];
+  p.pad_h = padding[0]; p.pad_w = padding[1];
+  p.dil_h = dilation[0]; p.dil_w = dilation[1];
+  p.groups = groups; p.deform_groups = deform_groups; p.has_mask = has_mask;
+
+  TORCH_CHECK_VALUE(p.h >= 1 && p.w >= 1, "input height and width must be positive, got input shape ",
+                    shape_str(input));
+  TORCH_CHECK_VALUE(p.kh >= 1 && p.kw >= 1, "weight kernel size must be positive, got weight shape ",
+                    shape_str(weight));
+  TORCH_CHECK_VALUE(p.c % groups == 0, "input channels (", p.c, ") must be divisible by groups (", groups, ")");
+  TORCH_CHECK_VALUE(p.o % groups == 0, "weight out channels (", p.o, ") must be divisible by groups (", groups,
+                    ")");
+  TORCH_CHECK_VALUE(size_of<I>(weight, 1) * groups == p.c, "weight must have input channels / groups = ", p.c,
+                    " / ", groups, " = ", p.c / groups, " channels in dim 1, got weight shape ", shape_str(weight));
+  TORCH_CHECK_VALUE(p.c % deform_groups == 0, "input channels (", p.c, ") must be divisible by deform_groups (",
+                    deform_groups, ")");
+  // kernel extent and padded size: kernel sizes are tensor sizes (< 2^63) and the hyper-parameters are
+  // below 2^31, so compare before multiplying to stay inside int64_t
+  const I ph = p.h + 2 * p.pad_h, pw = p.w + 2 * p.pad_w;
+  const bool fits_h = p.kh - 1 <= (ph - 1) / p.dil_h, fits_w = p.kw - 1 <= (pw - 1) / p.dil_w;
+  TORCH_CHECK_VALUE(fits_h && fits_w, "the dilated kernel (", (p.kh - 1) * p.dil_h + 1, "x",
+                    (p.kw - 1) * p.dil_w + 1, ") is larger than the padded input (", ph, "x", pw, "): input ",
+                    shape_str(input), ", weight ", shape_str(weight), ", padding ", tuple_str(padding),
+                    ", dilation ", tuple_str(dilation));
+  p.ho = (ph - ((p.kh - 1) * p.dil_h + 1)) / p.stride_h + 1;
+  p.wo = (pw - ((p.kw - 1) * p.dil_w + 1)) / p.stride_w + 1;
+  const I kk = p.k();
+  TORCH_CHECK_VALUE(has_shape<I>(offset, {p.n, 2 * deform_groups * kk, p.ho, p.wo}),
+                    "offset must have shape (N, 2*deform_groups*kh*kw, Ho, Wo) = ",
+                    tuple_str<I>({p.n, 2 * deform_groups * kk, p.ho, p.wo}), ", got ", shape_str(offset));
+  if (has_mask)
+    TORCH_CHECK_VALUE(has_shape<I>(*mask, {p.n, deform_groups * kk, p.ho, p.wo}),
+                      "mask must have shape (N, deform_groups*kh*kw, Ho, Wo) = ",
+                      tuple_str<I>({p.n, deform_groups * kk, p.ho, p.wo}), ", got ", shape_str(*mask));
+  if (has_bias)
+    TORCH_CHECK_VALUE(has_shape<I>(*bias, {p.o}), "bias must have shape (out_channels,) = (", p.o, ",), got ",
+                      shape_str(*bias));
+  return p;
+}
+
+template <typename I>
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, const ConvParamsT<I>& p) {
+  check_same_device(grad_output, "grad_output", input);
+  TORCH_CHECK_VALUE(has_shape<I>(grad_output, {p.n, p.o, p.ho, p.wo}), "grad_output must have the output's shape ",
+                    tuple_str<I>({p.n, p.o, p.ho, p.wo}), ", got ", shape_str(grad_output));
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output dtype must match input dtype (",
+                   dtype_str(input.scalar_type()), "), got ", dtype_str(grad_output.scalar_type()));
+}
+
+template ConvParamsT<int64_t> check_conv_args<int64_t>(const at::Tensor&, const at::Tensor&,
+                                                       const std::optional<at::Tensor>&, const at::Tensor&,
+                                                       const std::optional<at::Tensor>&, at::IntArrayRef,
+                                                       at::IntArrayRef, at::IntArrayRef, int64_t, int64_t);
+template void check_grad_output<int64_t>(const at::Tensor&, const at::Tensor&, const ConvParamsT<int64_t>&);
+
+// ----------------------------------------------------------------------------------- the driver
 namespace {
 
 struct Layout {
@@ -50,6 +158,7 @@ at::Tensor zeros_channels_last(at::IntArrayRef sizes, const at::TensorOptions& o
 
 // a @ b^T (a: (M, K), b: (N, K), any strides) -> (M, N) contiguous.
 at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
+  RECORD_FUNCTION("dcn_plugin::gemm", std::vector<c10::IValue>());
   if (a.device().is_cpu() && a.scalar_type() == at::kFloat && at::globalContext().userEnabledMkldnn()) {
     static const std::optional<c10::OperatorHandle> linear =
         c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_linear_pointwise", ""));
@@ -75,17 +184,26 @@ at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Te
                         const std::optional<at::Tensor>& mask, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
-  const ConvParams p = check_and_get_params(input, offset, mask, weight, bias, stride, padding, dilation, groups,
-                                            deform_groups, be.cuda);
+  const ConvParams p = check_conv_args<int64_t>(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                                                deform_groups);
+  const c10::DeviceGuard guard(input.device());  // after the checks: they name a misplaced tensor
   at::Tensor out = at::empty({p.n, p.o, p.ho, p.wo}, input.options());
-  if (p.n == 0) return out;
+  if (p.n == 0 || p.o == 0) return out;
+  if (p.c == 0) {  // no input channels: the convolution sums nothing
+    out.zero_();
+    if (bias.has_value() && bias->defined()) out.add_(bias->view({1, p.o, 1, 1}));
+    return out;
+  }
   const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
   const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
   at::Tensor col = at::empty({chunk, P, p.groups, kc}, input.options());
   for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
     const int64_t nc = std::min(chunk, p.n - n0);
     at::Tensor col_c = col.narrow(0, 0, nc);
-    be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+    {
+      RECORD_FUNCTION("dcn_plugin::im2col", std::vector<c10::IValue>());
+      be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+    }
     at::Tensor out_c = out.narrow(0, n0, nc).view({nc, p.groups, og, P});
     for (int64_t g = 0; g < p.groups; ++g) {
       // (nc*P, O/g) = col[:, :, g] @ W[g]^T. This orientation keeps the big operand (the columns) as the
@@ -104,9 +222,10 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
                              const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
                              std::array<bool, 5> output_mask) {
-  const ConvParams p = check_and_get_params(input, offset, mask, weight, std::nullopt, stride, padding, dilation,
-                                            groups, deform_groups, be.cuda);
+  const ConvParams p = check_conv_args<int64_t>(input, offset, mask, weight, std::nullopt, stride, padding,
+                                                dilation, groups, deform_groups);
   check_grad_output(grad_output, input, p);
+  const c10::DeviceGuard guard(input.device());
   const bool want_in = output_mask[0], want_off = output_mask[1], want_msk = output_mask[2] && p.has_mask,
              want_w = output_mask[3], want_b = output_mask[4];
   const auto opts = input.options();
@@ -127,10 +246,12 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   at::Tensor g_b = want_b ? grad_output.sum({0, 2, 3}) : none();
   auto finish = [&]() -> BackwardResult {
     at::Tensor g_in = want_in ? (low_precision ? g_in_acc.to(input.scalar_type()) : g_in_acc) : none();
-    at::Tensor g_w = want_w ? (low_precision ? g_w_acc.to(weight.scalar_type()) : g_w_acc) : none();
+    // the weight gradient is returned contiguous by every backend (a weight-sized copy for K-major columns)
+    at::Tensor g_w = want_w ? (low_precision ? g_w_acc.to(weight.scalar_type()) : g_w_acc).contiguous() : none();
     return {g_in, g_off, g_msk, g_w, g_b};
   };
-  if (p.n == 0 || !(want_in || want_off || want_msk || want_w)) return finish();
+  // nothing to sum (no images, no input or output channels): the zero-initialised gradients are exact
+  if (p.n == 0 || p.c == 0 || p.o == 0 || !(want_in || want_off || want_msk || want_w)) return finish();
 
   const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
   const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
@@ -157,12 +278,21 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
         for (int64_t g = 0; g < p.groups; ++g)
           gcol_c.select(2, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), l.w.select(0, g).t()).view({nc, P, kc}));
       }
-      if (want_off || want_msk) be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
-      if (want_in) be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);
+      if (want_off || want_msk) {
+        RECORD_FUNCTION("dcn_plugin::offset_mask_grad", std::vector<c10::IValue>());
+        be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
+      }
+      if (want_in) {
+        RECORD_FUNCTION("dcn_plugin::input_grad", std::vector<c10::IValue>());
+        be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);
+      }
     }
     if (want_w) {
       at::Tensor col_c = at::empty({nc, P, p.groups, kc}, opts);
-      be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+      {
+        RECORD_FUNCTION("dcn_plugin::im2col", std::vector<c10::IValue>());
+        be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+      }
       for (int64_t g = 0; g < p.groups; ++g) {
         // grad_W[g] (O/g, K*C/g) += grad_out_rows[:, g]^T (O/g, nc*P) @ col[:, :, g] (nc*P, K*C/g)
         const at::Tensor r = matmul_nt(go_c.narrow(1, g * og, og).t(), col_c.select(2, g).reshape({nc * P, kc}).t());
@@ -171,6 +301,43 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
     }
   }
   return finish();
+}
+
+// ----------------------------------------------------------------------------------- Meta kernels
+// What fake tensors, torch.compile and opcheck run: the same validator on symbolic sizes, and outputs
+// with the real kernels' shapes and layouts.
+namespace {
+
+at::Tensor forward_meta(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                        const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
+  const auto p = check_conv_args<c10::SymInt>(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                                              deform_groups);
+  return at::empty_symint({p.n, p.o, p.ho, p.wo}, input.options());
+}
+
+BackwardResult backward_meta(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+                             const std::optional<at::Tensor>& mask, const at::Tensor& weight, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
+                             std::array<bool, 5> output_mask) {
+  const auto p = check_conv_args<c10::SymInt>(input, offset, mask, weight, std::nullopt, stride, padding, dilation,
+                                              groups, deform_groups);
+  check_grad_output(grad_output, input, p);
+  auto none = [&] { return at::empty({0}, input.options()); };  // never aliased
+  auto channels_last = [](const at::Tensor& t) {
+    return at::empty_symint(t.sym_sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  };
+  return {output_mask[0] ? channels_last(input) : none(), output_mask[1] ? channels_last(offset) : none(),
+          output_mask[2] && p.has_mask ? channels_last(*mask) : none(),
+          output_mask[3] ? at::empty_symint(weight.sym_sizes(), weight.options()) : none(),
+          output_mask[4] ? at::empty_symint({p.o}, weight.options()) : none()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcn_plugin, Meta, m) {
+  m.impl("modulated_deform_conv2d", &forward_meta);
+  m.impl("modulated_deform_conv2d_backward", &backward_meta);
 }
 
 }  // namespace dcn_plugin

@@ -6,8 +6,9 @@
 //     x = wo * stride_w - pad_w + j * dil_w + offset[2 * (g * K + k) + 1],    k = i * kw + j
 //   by bilinear interpolation of the four neighbouring pixels, each one outside the image counting
 //   as zero; a sample with y <= -1, y >= H, x <= -1 or x >= W (or NaN) is zero altogether.
-// Coordinates and weights are computed in the accumulation type (float for half/bfloat16/float,
-// double for double). floor() is a real floor (a truncating cast is wrong in (-1, 0)).
+// The integer grid position and the learned offset are kept apart (exact tap indices at any size);
+// weights are computed in the accumulation type (float for half/bfloat16/float, double for double).
+// floor() is a real floor (a truncating cast is wrong in (-1, 0)).
 #pragma once
 
 #include <cmath>
@@ -31,42 +32,62 @@ struct BilinearTaps {
   acc_t w00, w01, w10, w11;
 };
 
+// Offsets beyond this magnitude (and NaN/inf) put a sample far outside any image: the sample is zero.
+// It keeps the integer conversion below exact and free of overflow.
 template <typename acc_t>
-DCN_HOST_DEVICE BilinearTaps<acc_t> bilinear_taps(acc_t y, acc_t x, int64_t height, int64_t width) {
+DCN_HOST_DEVICE acc_t max_sampling_offset() { return acc_t(1099511627776.0); }  // 2^40
+
+// The taps of the sample at the integer grid position (by, bx) moved by (dy, dx).
+// The integer and fractional parts are kept apart, so the tap rows and columns are exact at any
+// image size (a float32 coordinate y = by + dy would lose the integer part above 2^24).
+template <typename acc_t>
+DCN_HOST_DEVICE BilinearTaps<acc_t> bilinear_taps_at(int64_t by, int64_t bx, acc_t dy, acc_t dx, int64_t height,
+                                                     int64_t width) {
   BilinearTaps<acc_t> t;
-  // Written so that NaN fails the test: NaN/inf/huge coordinates give an all-zero sample.
-  t.in_range = (y > acc_t(-1)) && (y < acc_t(height)) && (x > acc_t(-1)) && (x < acc_t(width));
-  if (!t.in_range) {
-    t.y0 = t.x0 = 0;
-    t.ly = t.lx = acc_t(0);
-    t.v00 = t.v01 = t.v10 = t.v11 = false;
-    t.w00 = t.w01 = t.w10 = t.w11 = acc_t(0);
-    return t;
-  }
-  const acc_t fy = ::floor(y), fx = ::floor(x);
-  t.y0 = static_cast<int64_t>(fy);
-  t.x0 = static_cast<int64_t>(fx);
-  t.ly = y - fy;
-  t.lx = x - fx;
-  const acc_t hy = acc_t(1) - t.ly, hx = acc_t(1) - t.lx;
-  const bool y0_in = t.y0 >= 0, y1_in = t.y0 + 1 <= height - 1;
-  const bool x0_in = t.x0 >= 0, x1_in = t.x0 + 1 <= width - 1;
+  t.y0 = t.x0 = 0;
+  t.ly = t.lx = acc_t(0);
+  t.v00 = t.v01 = t.v10 = t.v11 = false;
+  t.w00 = t.w01 = t.w10 = t.w11 = acc_t(0);
+  t.in_range = false;
+  // Written so that NaN fails the test.
+  const acc_t lim = max_sampling_offset<acc_t>();
+  if (!(dy > -lim && dy < lim && dx > -lim && dx < lim)) return t;
+  const acc_t fy = ::floor(dy), fx = ::floor(dx);
+  const int64_t y0 = by + static_cast<int64_t>(fy), x0 = bx + static_cast<int64_t>(fx);
+  const acc_t ly = dy - fy, lx = dx - fx;  // exact, in [0, 1)
+  // y = y0 + ly lies in (-1, height) and x = x0 + lx in (-1, width)
+  t.in_range = (y0 > -1 || (y0 == -1 && ly > acc_t(0))) && y0 < height &&
+               (x0 > -1 || (x0 == -1 && lx > acc_t(0))) && x0 < width;
+  if (!t.in_range) return t;
+  t.y0 = y0;
+  t.x0 = x0;
+  t.ly = ly;
+  t.lx = lx;
+  const acc_t hy = acc_t(1) - ly, hx = acc_t(1) - lx;
+  const bool y0_in = y0 >= 0, y1_in = y0 + 1 <= height - 1;
+  const bool x0_in = x0 >= 0, x1_in = x0 + 1 <= width - 1;
   t.v00 = y0_in && x0_in;
   t.v01 = y0_in && x1_in;
   t.v10 = y1_in && x0_in;
   t.v11 = y1_in && x1_in;
   t.w00 = t.v00 ? hy * hx : acc_t(0);
-  t.w01 = t.v01 ? hy * t.lx : acc_t(0);
-  t.w10 = t.v10 ? t.ly * hx : acc_t(0);
-  t.w11 = t.v11 ? t.ly * t.lx : acc_t(0);
+  t.w01 = t.v01 ? hy * lx : acc_t(0);
+  t.w10 = t.v10 ? ly * hx : acc_t(0);
+  t.w11 = t.v11 ? ly * lx : acc_t(0);
   return t;
 }
 
-// Sampling position of kernel point (i, j) for output (ho, wo), before the learned offset.
+// The taps of the sample at the real coordinates (y, x) (RoI pooling's sampling points).
 template <typename acc_t>
-DCN_HOST_DEVICE acc_t base_coord(int64_t out_pos, int64_t stride, int64_t pad, int64_t kernel_idx,
-                                 int64_t dilation) {
-  return acc_t(out_pos * stride - pad + kernel_idx * dilation);
+DCN_HOST_DEVICE BilinearTaps<acc_t> bilinear_taps(acc_t y, acc_t x, int64_t height, int64_t width) {
+  return bilinear_taps_at<acc_t>(0, 0, y, x, height, width);
+}
+
+// Sampling position of kernel point (i, j) for output (ho, wo) on the input grid, before the learned
+// offset (an integer: exact whatever the image size).
+DCN_HOST_DEVICE int64_t base_coord(int64_t out_pos, int64_t stride, int64_t pad, int64_t kernel_idx,
+                                   int64_t dilation) {
+  return out_pos * stride - pad + kernel_idx * dilation;
 }
 
 // Gradient of the sampled value with respect to the coordinates, given the four tap values (zero for

@@ -138,9 +138,8 @@ inline Sample<T> make_sample(const ImageView<T>& im, const ConvParams& p, int64_
   Sample<T> s;
   const int64_t ho = pos / p.wo, wo = pos % p.wo, i = k / p.kw, j = k % p.kw, kk = p.k();
   const T* o = im.off + pos * 2 * p.deform_groups * kk + 2 * (g * kk + k);
-  const T y = base_coord<T>(ho, p.stride_h, p.pad_h, i, p.dil_h) + o[0];
-  const T x = base_coord<T>(wo, p.stride_w, p.pad_w, j, p.dil_w) + o[1];
-  s.t = bilinear_taps<T>(y, x, p.h, p.w);
+  s.t = bilinear_taps_at<T>(base_coord(ho, p.stride_h, p.pad_h, i, p.dil_h),
+                            base_coord(wo, p.stride_w, p.pad_w, j, p.dil_w), o[0], o[1], p.h, p.w);
   s.m = im.msk ? im.msk[pos * p.deform_groups * kk + g * kk + k] : T(1);
   const int64_t base = s.t.y0 * p.w + s.t.x0;
   s.i00 = s.t.v00 ? base : -1;
@@ -283,7 +282,7 @@ void input_grad_cpu(const at::Tensor& off, const at::Tensor& msk, const at::Tens
 // Chunks of about 4 MB of columns: one image at a time for detection-sized maps (the smallest work
 // buffers, below torchvision's, which holds the columns of several images), several images at a
 // time for small maps, so that their GEMMs stay large enough to run at full speed.
-const Backend kCpuBackend{&im2col_cpu, &offset_mask_grad_cpu, &input_grad_cpu, /*cuda=*/false,
+const Backend kCpuBackend{&im2col_cpu, &offset_mask_grad_cpu, &input_grad_cpu,
                           /*col_budget_elements=*/int64_t(1) << 20, /*channel_major_columns=*/true};
 
 at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,

@@ -50,10 +50,10 @@ __device__ __forceinline__ BilinearTaps<acc_t> sample_taps(const scalar_t* __res
   const int64_t kk = p.k(), dgk = p.deform_groups * kk;
   const int64_t ho = pos / p.wo, wo = pos % p.wo, i = k / p.kw, j = k % p.kw;
   const scalar_t* o = off + (n * p.p() + pos) * 2 * dgk + 2 * (g * kk + k);
-  const acc_t y = base_coord<acc_t>(ho, p.stride_h, p.pad_h, i, p.dil_h) + static_cast<acc_t>(o[0]);
-  const acc_t x = base_coord<acc_t>(wo, p.stride_w, p.pad_w, j, p.dil_w) + static_cast<acc_t>(o[1]);
   m = msk ? static_cast<acc_t>(msk[(n * p.p() + pos) * dgk + g * kk + k]) : acc_t(1);
-  return bilinear_taps<acc_t>(y, x, p.h, p.w);
+  return bilinear_taps_at<acc_t>(base_coord(ho, p.stride_h, p.pad_h, i, p.dil_h),
+                                 base_coord(wo, p.stride_w, p.pad_w, j, p.dil_w), static_cast<acc_t>(o[0]),
+                                 static_cast<acc_t>(o[1]), p.h, p.w);
 }
 
 // Decomposes a column index e over (nc, P, groups, K, C/groups).
@@ -290,13 +290,12 @@ void input_grad_cuda(const at::Tensor& off, const at::Tensor& msk, const at::Ten
   });
 }
 
-const Backend kCudaBackend{&im2col_cuda, &offset_mask_grad_cuda, &input_grad_cuda, /*cuda=*/true,
+const Backend kCudaBackend{&im2col_cuda, &offset_mask_grad_cuda, &input_grad_cuda,
                            /*col_budget_elements=*/int64_t(1) << 28, /*channel_major_columns=*/false};
 
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                         const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
-  const c10::cuda::CUDAGuard guard(input.device());
   return forward_impl(kCudaBackend, input, offset, mask, weight, bias, stride, padding, dilation, groups,
                       deform_groups);
 }
@@ -305,7 +304,6 @@ BackwardResult backward_cuda(const at::Tensor& grad_output, const at::Tensor& in
                              const std::optional<at::Tensor>& mask, const at::Tensor& weight, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
                              std::array<bool, 5> output_mask) {
-  const c10::cuda::CUDAGuard guard(input.device());
   return backward_impl(kCudaBackend, grad_output, input, offset, mask, weight, stride, padding, dilation, groups,
                        deform_groups, output_mask);
 }
