@@ -105,3 +105,58 @@ def test_data_root_is_changeable_from_the_command_line():
     assert cfg.test_dataloader.dataset.data_root == '/datasets/coco/'
     assert cfg.val_evaluator.ann_file == '/datasets/coco/annotations/instances_val2017.json'
     assert cfg.test_evaluator.ann_file == '/datasets/coco/annotations/instances_val2017.json'
+
+
+# R-CNN feature mimicking: each config is the same model as another shipped config, plus the branch
+MIMIC_CONFIGS = {
+    'dcn/faster-rcnn_r50-mdconv-c3-c5_fpn_mimic_1x_coco.py': 'dcn/faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py',
+    'demo/faster-rcnn_r18_fpn_gn-all_mimic_demo-shapes.py': 'demo/faster-rcnn_r18_fpn_gn-all_demo-shapes.py',
+    'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mimic_demo-shapes.py':
+        'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
+}
+
+
+def test_every_mimic_config_has_its_counterpart_listed():
+    assert {osp.relpath(p, osp.join(ROOT, 'configs')) for p in CONFIGS if '_mimic_' in p} == set(MIMIC_CONFIGS)
+
+
+@pytest.mark.parametrize('mimic, plain', MIMIC_CONFIGS.items(), ids=list(MIMIC_CONFIGS))
+def test_mimic_config_is_its_counterpart_plus_the_branch(mimic, plain):
+    a, b = (_load(osp.join(ROOT, 'configs', p)) for p in (mimic, plain))
+    assert (a.model.type, a.model.roi_head.type) == ('MimicFasterRCNN', 'MimicRoIHead')
+    assert (b.model.type, b.model.roi_head.type) == ('FasterRCNN', 'StandardRoIHead')
+    ma, mb = a.model.to_dict(), b.model.to_dict()
+    branch = {k: ma['roi_head'].pop(k) for k in list(ma['roi_head']) if k.startswith(('mimic_', 'loss_mimic'))}
+    for m in (ma, mb):
+        m.pop('type')
+        m['roi_head'].pop('type')
+    assert ma == mb  # same detector: only the branch differs
+    rest = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k != 'model'}  # noqa: E731
+    assert rest(a) == rest(b)  # same data, schedule and runtime
+    if 'coco' in mimic:  # the paper's settings
+        assert branch == dict(mimic_num_rois=32, mimic_crop_size=224, mimic_positives_only=True,
+                              loss_mimic_weight=0.1,
+                              loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.1))
+        assert a.model.roi_head.bbox_roi_extractor.get('finest_scale', 56) == 56
+    else:  # scaled to the demo's 256 px images and CPU budget
+        assert branch == dict(mimic_num_rois=8, mimic_crop_size=64)
+    # the branch's only parameters are the unshared classifier's
+    model_a, model_b = _build(a), _build(b)
+    extra = set(model_a.state_dict()) - set(model_b.state_dict())
+    assert extra == {'roi_head.mimic_cls.weight', 'roi_head.mimic_cls.bias'}
+    assert set(model_b.state_dict()) <= set(model_a.state_dict())
+    num_classes = a.model.roi_head.bbox_head.num_classes
+    assert model_a.roi_head.mimic_cls.out_features == num_classes + 1
+    if '/demo/' in mimic:  # a training step through the branch
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        torch.manual_seed(0)
+        sample = DetDataSample(metainfo=dict(img_shape=(96, 96), pad_shape=(96, 96), batch_input_shape=(96, 96),
+                                             scale_factor=(1.0, 1.0), ori_shape=(96, 96)))
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([[8.0, 8.0, 60.0, 50.0]]), labels=torch.tensor([1]))
+        losses = model_a(torch.randn(1, 3, 96, 96), [sample], mode='loss')
+        assert losses['mimic_num_rois'].item() >= 1
+        loss, _ = model_a.parse_losses(losses)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert model_a.roi_head.mimic_cls.weight.grad.abs().sum() > 0

@@ -8,5 +8,6 @@ from . import layers  # noqa: F401  (norm layers first: the backbones check norm
 from .backbones import DCNResNet, DCNResNeXt
 from .layers import ChannelLayerNorm2d, SampleLayerNorm2d
 from .necks import DCNFPN
+from .roi_heads import MimicFasterRCNN, MimicRoIHead  # noqa: F401  (R-CNN feature mimicking)
 
 __all__ = ['DCNResNet', 'DCNResNeXt', 'DCNFPN', 'SampleLayerNorm2d', 'ChannelLayerNorm2d']

@@ -1,0 +1,16 @@
+# DCNv2 in the 3x3 convs of stages c3-c5 plus R-CNN feature mimicking (Zhu et al., "Deformable ConvNets
+# v2: More Deformable, Better Results", CVPR 2019, section 3.3), R-50-FPN, COCO 1x, the paper's settings:
+# up to 32 positive RoIs per image cropped to 224x224 px, the whole-crop RoI pooled from P4 (finest_scale
+# 56, mmdet's default: a 14x14 map), mimic and R-CNN classification losses both weighted 0.1.
+# Training only: the model tests like faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py (and its checkpoints
+# load into that config). The paper's full DCNv2 also uses modulated deformable RoI pooling.
+_base_ = './faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'
+model = dict(
+    type='MimicFasterRCNN',  # FasterRCNN that hands its input images to the RoI head
+    roi_head=dict(
+        type='MimicRoIHead',
+        mimic_num_rois=32,
+        mimic_crop_size=224,
+        mimic_positives_only=True,
+        loss_mimic_weight=0.1,
+        loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.1)))

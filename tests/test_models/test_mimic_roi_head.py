@@ -1,0 +1,454 @@
+"""R-CNN feature mimicking (MimicRoIHead + MimicFasterRCNN): the loss, which RoIs are cropped, where the
+gradients go, images without positives, inference unchanged, checkpoints across configs, autocast, DDP."""
+import copy
+import os.path as osp
+
+import pytest
+import torch
+from model_test_utils import randomize_  # noqa: F401  (first: skips without mmdet / mmcv.ops)
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
+
+from dcn_plugin.models.roi_heads import MimicFasterRCNN, MimicRoIHead, crop_image_rois, mimic_cosine_loss
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+NUM_CLASSES = 3
+
+
+def _model_cfg(mimic: bool = True, **head):
+    """A tiny Faster R-CNN (ResNet-18 at 1/8 width, 16-channel FPN), from the shipped baseline config."""
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
+    from mmengine.config import Config
+    cfg = copy.deepcopy(Config.fromfile(osp.join(ROOT, 'configs', 'dcn', 'faster-rcnn_r50_fpn_1x_coco.py')).model)
+    cfg.backbone.update(depth=18, base_channels=8, init_cfg=None)
+    cfg.neck.update(in_channels=[8, 16, 32, 64], out_channels=16)
+    cfg.rpn_head.update(in_channels=16, feat_channels=16)
+    cfg.roi_head.bbox_roi_extractor.update(out_channels=16)
+    cfg.roi_head.bbox_head.update(in_channels=16, fc_out_channels=32, num_classes=NUM_CLASSES)
+    cfg.data_preprocessor.update(mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
+    if mimic:
+        cfg.type = 'MimicFasterRCNN'
+        cfg.roi_head.update(type='MimicRoIHead', mimic_crop_size=32, mimic_num_rois=4)
+        cfg.roi_head.update(head)
+    return cfg
+
+
+def _model(mimic: bool = True, seed: int = 0, **head):
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    torch.manual_seed(seed)
+    model = MODELS.build(_model_cfg(mimic, **head))
+    model.init_weights()
+    with torch.no_grad():  # mmdet's init zeroes the last norm of each block and leaves fc_cls / fc_reg
+        for p in model.parameters():  # almost zero: give every parameter some weight
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.train()
+
+
+def _sample(boxes, labels, img_shape=(64, 64), pad_shape=(64, 64)):
+    s = DetDataSample(metainfo=dict(img_shape=img_shape, pad_shape=pad_shape, batch_input_shape=pad_shape,
+                                    scale_factor=(1.0, 1.0), ori_shape=img_shape))
+    s.gt_instances = InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                                  labels=torch.tensor(labels, dtype=torch.long))
+    return s
+
+
+def _proposals(boxes):
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return InstanceData(bboxes=boxes, scores=torch.ones(len(boxes)))
+
+
+class _Recorder:
+    """Wraps a detector's ``extract_feat``: records every call's input and output."""
+
+    def __init__(self, model):
+        self.model, self.inputs, self.outputs = model, [], []
+
+    def __call__(self, x):
+        out = self.model.extract_feat(x)
+        self.inputs.append(x)
+        self.outputs.append(out)
+        return out
+
+
+def _head_losses(model, images, samples, proposals, recorder=None):
+    """The RoI head's losses for given proposals (the RPN is not involved)."""
+    recorder = recorder or _Recorder(model)
+    x = recorder(images)
+    with model.roi_head.mimic_source(images, samples, recorder):
+        return model.roi_head.loss(x, [p.clone() for p in proposals], samples)
+
+
+# --------------------------------------------------------------------------- the loss
+def test_cosine_loss_is_zero_for_parallel_features_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(5, 16, generator=g).relu() + 0.01
+    torch.testing.assert_close(mimic_cosine_loss(f, f), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(mimic_cosine_loss(f, 3 * f), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(mimic_cosine_loss(f, -f), torch.tensor(2.0))
+    other = torch.randn(5, 16, generator=g)
+    mean, total = mimic_cosine_loss(f, other), mimic_cosine_loss(f, other, reduction='sum')
+    assert mean > 0 and mean.dtype == torch.float32
+    torch.testing.assert_close(total, mean * 5)
+    expected = (1 - torch.nn.functional.cosine_similarity(f, other, dim=1)).mean()
+    torch.testing.assert_close(mean, expected)
+    # half-precision features: computed in float32
+    assert mimic_cosine_loss(f.bfloat16(), other.bfloat16()).dtype == torch.float32
+
+
+def test_cosine_loss_of_no_rois_is_a_connected_zero():
+    a = torch.zeros(0, 8, requires_grad=True)
+    b = torch.zeros(0, 8, requires_grad=True)
+    loss = mimic_cosine_loss(a, b)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert a.grad is not None and b.grad is not None
+
+
+@pytest.mark.parametrize('args, match', [
+    ((torch.zeros(3, 4), torch.zeros(3, 5)), 'same shape'),
+    ((torch.zeros(3), torch.zeros(3)), r'\(K, D\)'),
+    ((torch.zeros(3, 4), torch.zeros(3, 4), 'max'), 'reduction'),
+])
+def test_cosine_loss_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        mimic_cosine_loss(*args)
+
+
+def test_crop_of_the_whole_image_at_its_size_is_the_image():
+    img = torch.randn(2, 3, 24, 20)
+    rois = torch.tensor([[1, 0, 0, 20, 24], [0, 0, 0, 20, 24]], dtype=torch.float32)
+    crops = crop_image_rois(img, rois, (24, 20), sampling_ratio=1)
+    torch.testing.assert_close(crops, img.flip(0), rtol=0, atol=1e-6)
+    # a 2x enlargement of a 10x12 box is bilinear interpolation (pixel centres, aligned)
+    crop = crop_image_rois(img, torch.tensor([[0, 0.0, 0.0, 10.0, 12.0]]), (24, 20))
+    expected = torch.nn.functional.interpolate(img[:1, :, :12, :10], size=(24, 20), mode='bilinear',
+                                               align_corners=False)
+    torch.testing.assert_close(crop[:, :, 1:-1, 1:-1], expected[:, :, 1:-1, 1:-1], rtol=0, atol=1e-5)
+    assert crop_image_rois(img, torch.zeros(0, 5), 8).shape == (0, 3, 8, 8)
+    with pytest.raises(ValueError, match='rois'):
+        crop_image_rois(img, torch.zeros(3, 4), 8)
+    with pytest.raises(ValueError, match='size'):
+        crop_image_rois(img, rois, 0)
+
+
+# --------------------------------------------------------------------------- the branch in the RoI head
+def test_mimic_loss_is_zero_when_the_crop_equals_the_image_and_positive_otherwise():
+    # the only RoI covers the whole 32x32 image and the crop size is 32: the crop is the image itself,
+    # so both passes compute the same features
+    model = _model(mimic_crop_size=32, mimic_crop_sampling_ratio=1)
+    images = torch.randn(1, 3, 32, 32)
+    samples = [_sample([[0, 0, 32, 32]], [1], (32, 32), (32, 32))]
+    losses = _head_losses(model, images, samples, [_proposals([[0, 0, 32, 32]])])
+    assert losses['mimic_num_rois'].item() == 2  # the proposal and the ground truth added as a proposal
+    torch.testing.assert_close(losses['loss_mimic'], torch.tensor(0.0), atol=1e-6, rtol=0)
+    assert losses['loss_mimic_cls'] > 0
+    # an RoI on part of the image: different features
+    samples = [_sample([[2, 3, 20, 22]], [1], (32, 32), (32, 32))]
+    losses = _head_losses(model, images, samples, [_proposals([[2, 3, 20, 22]])])
+    assert losses['loss_mimic'] > 1e-4
+    assert torch.isfinite(losses['loss_mimic_cls'])
+
+
+def test_loss_weights_and_reduction_scale_the_losses():
+    images = torch.randn(1, 3, 64, 64)
+    samples = [_sample([[2, 3, 30, 40], [30, 20, 60, 60]], [0, 2])]
+    props = [_proposals([[3, 3, 31, 41], [31, 22, 60, 58], [1, 1, 20, 20]])]
+    out = {}
+    for name, kw in {'base': dict(), 'heavy': dict(loss_mimic_weight=1.0,
+                                                   loss_mimic_cls=dict(type='CrossEntropyLoss', loss_weight=1.0)),
+                     'sum': dict(mimic_reduction='sum')}.items():
+        model = _model(mimic_num_rois=32, **kw)
+        torch.manual_seed(1)
+        out[name] = _head_losses(model, images, samples, props)
+    n = out['base']['mimic_num_rois']
+    torch.testing.assert_close(out['heavy']['loss_mimic'], out['base']['loss_mimic'] * 10)
+    torch.testing.assert_close(out['heavy']['loss_mimic_cls'], out['base']['loss_mimic_cls'] * 10)
+    torch.testing.assert_close(out['sum']['loss_mimic'], out['base']['loss_mimic'] * n)
+    # the Faster R-CNN losses do not depend on the branch
+    for key in ('loss_cls', 'loss_bbox'):
+        torch.testing.assert_close(out['heavy'][key], out['base'][key])
+
+
+def test_gradients_reach_the_backbone_through_both_branches():
+    images = torch.randn(2, 3, 64, 64)
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+    props = [_proposals([[5, 5, 41, 35], [0, 0, 64, 64]]), _proposals([[11, 19, 49, 61], [30, 30, 60, 60]])]
+    weight = lambda m: m.backbone.layer3[0].conv1.weight  # noqa: E731  (the stem is frozen)
+    for detach in (True, False):
+        model = _model(mimic_detach_rcnn=detach)
+        rec = _Recorder(model)
+        losses = _head_losses(model, images, samples, props, rec)
+        assert len(rec.outputs) == 2  # whole images, then the crops
+        (main, crops) = rec.outputs
+        assert rec.inputs[1].shape == (int(losses['mimic_num_rois']), 3, 32, 32)
+
+        def grads(loss, feats):
+            g = torch.autograd.grad(loss, list(feats), retain_graph=True, allow_unused=True)
+            return sum(0.0 if t is None else t.abs().sum().item() for t in g)
+
+        # the mimic loss reaches the backbone through the whole-image (Faster R-CNN) pass, and through the
+        # crops (R-CNN pass) only without the stop-gradient
+        assert grads(losses['loss_mimic'], main) > 0
+        assert (grads(losses['loss_mimic'], crops) > 0) is not detach
+        # the crop classifier's loss reaches it through the crops only
+        assert grads(losses['loss_mimic_cls'], crops) > 0
+        assert grads(losses['loss_mimic_cls'], main) == 0
+        for key in ('loss_mimic', 'loss_mimic_cls'):
+            (g,) = torch.autograd.grad(losses[key], [weight(model)], retain_graph=True)
+            assert g.abs().sum() > 0, key
+        # the unshared classifier learns from its own loss only
+        cls_w = model.roi_head.mimic_cls.weight
+        assert torch.autograd.grad(losses['loss_mimic_cls'], [cls_w], retain_graph=True)[0].abs().sum() > 0
+        assert torch.autograd.grad(losses['loss_mimic'], [cls_w], allow_unused=True)[0] is None
+
+
+def test_only_positives_are_cropped_and_at_most_num_rois_per_image():
+    g = torch.Generator().manual_seed(0)
+    gts = [[4, 4, 30, 30], [34, 34, 60, 62], [2, 36, 28, 60]]
+    jitter = lambda b: [v + float(torch.randint(-2, 3, (1,), generator=g)) for v in b]  # noqa: E731
+    pos_props = [jitter(b) for b in gts for _ in range(3)]  # 9 positives (IoU >= 0.5) + 3 gts
+    neg_props = [[40, 2, 62, 20], [0, 0, 8, 8], [20, 20, 36, 36]]
+    images = torch.randn(2, 3, 64, 64)
+    samples = [_sample(gts, [0, 1, 2]), _sample(gts[:1], [2])]
+    props = [_proposals(pos_props + neg_props), _proposals([jitter(gts[0])] + neg_props)]
+    for positives_only in (True, False):
+        model = _model(mimic_num_rois=5, mimic_positives_only=positives_only)
+        seen = {}
+        original = model.roi_head.select_mimic_rois
+
+        def spy(sampling_results, img_shapes):
+            out = original(sampling_results, img_shapes)
+            seen.update(results=sampling_results, out=out)
+            return out
+
+        model.roi_head.select_mimic_rois = spy
+        rec = _Recorder(model)
+        losses = _head_losses(model, images, samples, props, rec)
+        rois, rows, labels = seen['out']
+        results = seen['results']
+        offsets = [0, results[0].priors.shape[0]]
+        assert losses['mimic_num_rois'].item() == len(rois) == rec.inputs[1].shape[0]
+        for i, res in enumerate(results):
+            mine = rois[:, 0] == i
+            local = rows[mine] - offsets[i]
+            num_pos, num_all = res.pos_priors.shape[0], res.priors.shape[0]
+            candidates = num_pos if positives_only else num_all
+            assert mine.sum() == min(5, candidates)
+            assert len(set(local.tolist())) == len(local)  # drawn without replacement
+            assert ((local >= 0) & (local < candidates)).all()
+            torch.testing.assert_close(rois[mine, 1:], res.priors[local].clamp(0, 64))
+            all_labels = torch.cat([res.pos_gt_labels, torch.full((num_all - num_pos,), NUM_CLASSES)])
+            assert torch.equal(labels[mine], all_labels[local])
+        if positives_only:
+            assert (labels < NUM_CLASSES).all()
+            # image 1 has 2 positives (its gt and one proposal): fewer than 5
+            assert (rois[:, 0] == 1).sum() == 2
+
+
+def test_crops_come_from_their_own_image_inside_its_img_shape():
+    # image 1 is 40x48 inside the 64x64 padded batch (the padding is 0); boxes reaching into the padding
+    # are clipped, so every crop holds only its own image's pixels
+    images = torch.zeros(2, 3, 64, 64)
+    images[0] = 1.0
+    images[1, :, :40, :48] = 2.0
+    samples = [_sample([[10, 10, 60, 60]], [0]), _sample([[20, 10, 48, 40]], [1], img_shape=(40, 48))]
+    props = [_proposals([[10, 10, 64, 64]]), _proposals([[22, 12, 64, 64]])]
+    model = _model(mimic_num_rois=8)
+    rec = _Recorder(model)
+    _head_losses(model, images, samples, props, rec)
+    crops = rec.inputs[1]
+    assert crops.shape[0] >= 3
+    for crop in crops:
+        assert torch.allclose(crop, torch.ones_like(crop)) or torch.allclose(crop, torch.full_like(crop, 2.0))
+    assert (crops == 2.0).all(dim=(1, 2, 3)).sum() >= 1 and (crops == 1.0).all(dim=(1, 2, 3)).sum() >= 1
+
+
+def test_images_without_positives_add_nothing_and_an_all_negative_batch_gives_zero_losses():
+    images = torch.randn(2, 3, 64, 64)
+    props = [_proposals([[0, 0, 20, 20], [30, 30, 60, 60]])] * 2
+    # image 1 has no object: only image 0's positives are cropped
+    model = _model(mimic_num_rois=8)
+    samples = [_sample([[1, 1, 21, 20]], [1]), _sample([], [])]
+    losses = _head_losses(model, images, samples, props)
+    assert losses['mimic_num_rois'].item() == 2
+    assert torch.isfinite(losses['loss_mimic']) and torch.isfinite(losses['loss_mimic_cls'])
+    # no image has an object: no crops, zero losses that still reach the unshared classifier
+    samples = [_sample([], []), _sample([], [])]
+    rec = _Recorder(model)
+    losses = _head_losses(model, images, samples, props, rec)
+    assert len(rec.inputs) == 1  # the crop pass did not run
+    assert losses['mimic_num_rois'].item() == 0
+    assert losses['loss_mimic'].item() == 0 and losses['loss_mimic_cls'].item() == 0
+    model.zero_grad()
+    loss, _ = model.parse_losses(losses)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.roi_head.mimic_cls.weight.grad is not None
+    assert model.roi_head.mimic_cls.weight.grad.abs().sum() == 0
+
+
+def test_the_whole_detector_trains_with_batch_two_and_reports_the_branch_losses():
+    model = _model(mimic_num_rois=3)
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+    losses = model(torch.randn(2, 3, 64, 64), samples, mode='loss')
+    assert {'loss_mimic', 'loss_mimic_cls', 'mimic_num_rois', 'loss_cls', 'loss_rpn_cls'} <= set(losses)
+    assert 2 <= losses['mimic_num_rois'].item() <= 6
+    loss, log_vars = model.parse_losses(losses)
+    loss.backward()
+    assert 'loss_mimic' in log_vars and 'mimic_num_rois' in log_vars
+    for name, p in model.named_parameters():
+        assert p.grad is not None or not p.requires_grad, name  # the stem is frozen (frozen_stages=1)
+
+
+def test_cpu_autocast_bfloat16():
+    # mmcv's CPU RoIAlign and NMS have no bfloat16 kernels, so the RoI layer here is torchvision's (through
+    # mmcv's use_torchvision) and the proposals are given; on CUDA the whole detector runs under --amp
+    model = _model(bbox_roi_extractor=dict(roi_layer=dict(use_torchvision=True)))
+    images = torch.randn(2, 3, 64, 64)
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60]], [0])]
+    props = [_proposals([[5, 5, 41, 35]]), _proposals([[11, 19, 49, 61]])]
+    rec = _Recorder(model)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        losses = _head_losses(model, images, samples, props, rec)
+    assert rec.outputs[1][0].dtype == torch.bfloat16  # the crops ran under autocast
+    assert losses['loss_mimic'].dtype == torch.float32
+    assert losses['mimic_num_rois'].item() == 4
+    for key in ('loss_mimic', 'loss_mimic_cls'):
+        assert torch.isfinite(losses[key]) and losses[key] > 0
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    assert model.backbone.layer3[0].conv1.weight.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- inference and checkpoints
+def _predict(model, images, samples):
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(images, copy.deepcopy(samples))
+    return [(o.pred_instances.bboxes, o.pred_instances.scores, o.pred_instances.labels) for o in out]
+
+
+def test_predictions_are_the_same_with_and_without_the_branch(tmp_path):
+    from mmengine.runner import load_checkpoint, save_checkpoint
+    from dcn_plugin.utils import register_safe_checkpoint_globals
+    register_safe_checkpoint_globals()
+    trained = _model(mimic=True)
+    # a few training steps, so the unshared classifier and the trunk hold trained values
+    opt = torch.optim.SGD(trained.parameters(), lr=0.01)
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+    for _ in range(2):
+        loss, _ = trained.parse_losses(trained(torch.randn(2, 3, 64, 64), samples, mode='loss'))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = str(tmp_path / 'mimic.pth')
+    save_checkpoint(dict(state_dict=trained.state_dict(), meta=dict()), path)
+    extra = {k for k in trained.state_dict() if k.startswith('roi_head.mimic_cls.')}
+    assert extra == {'roi_head.mimic_cls.weight', 'roi_head.mimic_cls.bias'}
+
+    # test with the mimic config: every key loads strictly
+    with_branch = _model(mimic=True, seed=1)
+    load_checkpoint(with_branch, path, map_location='cpu', strict=True)
+    # test with the plain config: everything but the unshared classifier loads
+    plain = _model(mimic=False, seed=2)
+    assert type(plain).__name__ == 'FasterRCNN' and type(plain.roi_head).__name__ == 'StandardRoIHead'
+    missing = plain.load_state_dict({k: v for k, v in trained.state_dict().items() if k not in extra}, strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    plain = _model(mimic=False, seed=2)
+    load_checkpoint(plain, path, map_location='cpu', strict=False)  # what the Runner does (load_from)
+
+    images = torch.randn(2, 3, 64, 64)
+    meta = [_sample([], []), _sample([], [])]
+    ref = _predict(trained, images, meta)
+    assert sum(len(r[0]) for r in ref) > 0
+    for model in (with_branch, plain):
+        for (b0, s0, l0), (b1, s1, l1) in zip(ref, _predict(model, images, meta)):
+            assert torch.equal(b0, b1) and torch.equal(s0, s1) and torch.equal(l0, l1)
+
+
+# --------------------------------------------------------------------------- configuration errors
+@pytest.mark.parametrize('head, exc, match', [
+    (dict(mimic_num_rois=0), ValueError, 'mimic_num_rois'),
+    (dict(mimic_num_rois=2.5), ValueError, 'mimic_num_rois'),
+    (dict(mimic_crop_size=(32, 0)), ValueError, 'mimic_crop_size'),
+    (dict(mimic_crop_size='big'), TypeError, 'mimic_crop_size'),
+    (dict(mimic_positives_only='yes'), TypeError, 'mimic_positives_only'),
+    (dict(mimic_detach_rcnn=1), TypeError, 'mimic_detach_rcnn'),
+    (dict(mimic_reduction='max'), ValueError, 'mimic_reduction'),
+    (dict(mimic_crop_sampling_ratio=-1), ValueError, 'mimic_crop_sampling_ratio'),
+    (dict(loss_mimic_weight=-0.1), ValueError, 'loss_mimic_weight'),
+    (dict(loss_mimic_weight=float('nan')), ValueError, 'loss_mimic_weight'),
+    (dict(loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=True)), ValueError, 'loss_mimic_cls'),
+    (dict(bbox_head=dict(type='BBoxHead', with_cls=False, with_avg_pool=True, in_channels=16,
+                         roi_feat_size=7, num_classes=NUM_CLASSES)), ValueError, 'fc_cls'),
+])
+def test_bad_settings_are_refused_with_the_key_named(head, exc, match):
+    cfg = _model_cfg(mimic=True)
+    cfg.roi_head.update(head)
+    if 'bbox_head' in head:
+        cfg.roi_head.bbox_head = head['bbox_head']
+    with pytest.raises(exc, match=match):
+        MODELS.build(cfg)
+
+
+def test_the_detector_and_the_head_need_each_other():
+    cfg = _model_cfg(mimic=True)
+    cfg.roi_head.type = 'StandardRoIHead'
+    for key in [k for k in cfg.roi_head if k.startswith(('mimic_', 'loss_mimic'))]:
+        cfg.roi_head.pop(key)
+    with pytest.raises(TypeError, match="roi_head=dict\\(type='MimicRoIHead'"):
+        MODELS.build(cfg)
+    cfg = _model_cfg(mimic=True)
+    cfg.type = 'FasterRCNN'
+    model = MODELS.build(cfg)
+    assert isinstance(model.roi_head, MimicRoIHead) and not isinstance(model, MimicFasterRCNN)
+    with pytest.raises(RuntimeError, match="type='MimicFasterRCNN'"):
+        model(torch.randn(1, 3, 64, 64), [_sample([[4, 4, 40, 36]], [1])], mode='loss')
+
+
+def test_unshared_classifier_is_initialised_like_fc_cls():
+    model = _model(mimic=True)
+    model = MODELS.build(_model_cfg(mimic=True))
+    model.init_weights()
+    cls = model.roi_head.mimic_cls
+    assert cls.weight.shape == (NUM_CLASSES + 1, 32)
+    assert cls.weight.std() < 0.02 and torch.all(cls.bias == 0)
+
+
+# --------------------------------------------------------------------------- distributed training
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world)
+    try:
+        model = _model(mimic_num_rois=4)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        counts = []
+        for step in range(3):
+            if rank == 0:  # objects in both images
+                samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+            else:  # no object in any image: no crops, the branch's losses are connected zeros
+                samples = [_sample([], []), _sample([], [])]
+            torch.manual_seed(100 * rank + step)
+            losses = ddp(torch.randn(2, 3, 64, 64), samples, mode='loss')
+            loss, _ = model.parse_losses(losses)
+            opt.zero_grad()
+            loss.backward()  # a parameter without gradient on one rank would stall the next step's reduction
+            opt.step()
+            counts.append(losses['mimic_num_rois'].item())
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        torch.save(dict(counts=counts, params=flat), osp.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_training_with_a_rank_without_positives_needs_no_unused_parameter_search(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1))
+    assert all(c > 0 for c in r0['counts']) and all(c == 0 for c in r1['counts'])
+    torch.testing.assert_close(r0['params'], r1['params'], rtol=0, atol=0)  # gradients were all-reduced
