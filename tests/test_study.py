@@ -1,0 +1,147 @@
+"""Collecting several runs into a table (dcn_plugin.study, tools/collect_metrics.py, tools/mimic_study.sh),
+and the user's round trip with R-CNN feature mimicking: train with the branch, test with and without it."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from dcn_plugin.study import format_markdown, load_run, summarize_runs
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PY = sys.executable
+
+
+def _fake_run(base, name, config, seed, maps, times=(9.0, 0.5, 0.7, 0.6), iters=80):
+    """A work dir as tools/train.py + tools/test.py leave it (only the files the collector reads)."""
+    wd = base / name
+    train = wd / '20260101_000000' / 'vis_data'
+    train.mkdir(parents=True)
+    (train / 'config.py').write_text(f"train_cfg = dict(type='IterBasedTrainLoop', max_iters={iters})\n"
+                                     f"randomness = dict(seed={seed})\n")
+    step = iters // len(times)
+    rows = [dict(lr=0.001, loss=1.0, time=t, iter=step * (i + 1), step=step * (i + 1)) for i, t in enumerate(times)]
+    (train / 'scalars.json').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    test = wd / '20260101_010000' / 'vis_data'  # the test session's log: metrics, no losses
+    test.mkdir(parents=True)
+    (test / 'scalars.json').write_text(json.dumps({'coco/bbox_mAP': maps[0], 'step': 0}) + '\n')
+    metrics = {'coco/bbox_mAP': maps[0], 'coco/bbox_mAP_50': maps[1], 'coco/bbox_mAP_75': maps[2],
+               'coco/bbox_mAP_s': -1.0}
+    (wd / 'test_metrics.json').write_text(json.dumps(
+        dict(config=f'configs/demo/{config}.py', checkpoint=str(wd / f'iter_{iters}.pth'), metrics=metrics)))
+    return str(wd)
+
+
+def test_runs_are_grouped_by_config_with_mean_sample_std_and_range(tmp_path):
+    a0 = _fake_run(tmp_path, 'a0', 'plain', 0, (0.30, 0.50, 0.35))
+    a1 = _fake_run(tmp_path, 'a1', 'plain', 1, (0.32, 0.54, 0.33), times=(9.0, 0.9, 0.8, 1.0))
+    b0 = _fake_run(tmp_path, 'b0', 'mimic', 0, (0.40, 0.60, 0.45))
+    runs = [load_run(a0), load_run(b0), load_run(osp.join(a1, 'test_metrics.json'))]
+    assert [r.arm for r in runs] == ['plain', 'mimic', 'plain']
+    assert runs[0].seed == 0 and runs[2].seed == 1
+    assert runs[0].iters == 80
+    assert runs[0].sec_per_iter == pytest.approx(0.6)  # median without the first (start-up) window
+    plain, mimic = summarize_runs(runs)
+    assert (plain.arm, len(plain.runs), mimic.arm, len(mimic.runs)) == ('plain', 2, 'mimic', 1)
+    assert plain.mean['coco/bbox_mAP'] == pytest.approx(0.31)
+    assert plain.std['coco/bbox_mAP'] == pytest.approx(0.0141421, abs=1e-6)  # sample std (n - 1)
+    assert (plain.low['coco/bbox_mAP_75'], plain.high['coco/bbox_mAP_75']) == (0.33, 0.35)
+    assert plain.mean['sec_per_iter'] == pytest.approx(0.75)
+    assert mimic.std['coco/bbox_mAP'] is None  # one run: no spread
+    text = format_markdown([plain, mimic])
+    assert '| plain | 2 | 0, 1 | 80 | 0.310 ± 0.014 (0.300–0.320) |' in text
+    assert '| mimic | 1 | 0 | 80 | 0.400 | 0.600 | 0.450 | 0.60 |' in text
+    assert text.count('\n') == 2 + 2 + 1 + 2 + 3
+
+
+def test_a_resumed_run_counts_the_speed_of_every_training_session(tmp_path):
+    wd = _fake_run(tmp_path, 'resumed', 'dcn', 2, (0.3, 0.5, 0.4), times=(9.0, 1.0, 1.0))
+    second = osp.join(wd, '20260101_000500', 'vis_data')  # resumed before the test session
+    os.makedirs(second)
+    with open(osp.join(second, 'config.py'), 'w') as f:
+        f.write("train_cfg = dict(type='IterBasedTrainLoop', max_iters=120)\nrandomness = dict(seed=2)\n")
+    with open(osp.join(second, 'scalars.json'), 'w') as f:
+        for i, t in enumerate((7.0, 3.0, 3.0, 3.0)):
+            f.write(json.dumps(dict(loss=1.0, time=t, iter=60 + 20 * i)) + '\n')
+    run = load_run(wd)
+    assert (run.seed, run.iters) == (2, 120)
+    assert run.sec_per_iter == 3.0  # median of 1, 1, 3, 3, 3: start-up windows (9, 7) left out
+
+
+def test_collector_refuses_what_it_cannot_read(tmp_path):
+    with pytest.raises(FileNotFoundError, match='tools/test.py'):
+        load_run(str(tmp_path))
+    (tmp_path / 'test_metrics.json').write_text('[1, 2]')
+    with pytest.raises(ValueError, match='not a test_metrics.json'):
+        load_run(str(tmp_path))
+    run = load_run(_fake_run(tmp_path, 'r', 'plain', 0, (0.1, 0.2, 0.3)))
+    with pytest.raises(KeyError, match='coco/segm_mAP'):
+        summarize_runs([run], ['coco/segm_mAP'])
+
+
+def test_collect_metrics_cli_writes_markdown_and_json(tmp_path):
+    runs = [_fake_run(tmp_path, f'r{s}', 'dcn', s, (0.3 + s / 100, 0.5, 0.4)) for s in range(3)]
+    out, js = tmp_path / 'table.md', tmp_path / 'table.json'
+    proc = subprocess.run([PY, 'tools/collect_metrics.py', *runs, '--metrics', 'coco/bbox_mAP', '--out', str(out),
+                           '--json', str(js)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '| dcn | 3 | 0, 1, 2 | 80 | 0.310 ± 0.010 (0.300–0.320) | 0.60 ± 0.00 (0.60–0.60) |' in proc.stdout
+    assert out.read_text() == proc.stdout
+    (summary,) = json.loads(js.read_text())
+    assert summary['arm'] == 'dcn' and len(summary['runs']) == 3
+
+
+def test_study_script_is_valid_bash_and_checks_its_arguments():
+    script = osp.join(ROOT, 'tools', 'mimic_study.sh')
+    subprocess.run(['bash', '-n', script], check=True)
+    help_text = subprocess.run(['bash', script, '--help'], capture_output=True, text=True, check=True).stdout
+    assert '--seeds' in help_text and 'randomness.seed' in help_text
+    for args, message in ((['--iters', '0'], '--iters'), (['--seeds', 'x'], '--seeds'),
+                          (['--arms', 'no-such-config'], 'no config'), (['--bogus'], 'unknown argument')):
+        proc = subprocess.run(['bash', script, *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    # the default arms are shipped configs
+    text = open(script).read()
+    arms = text.split('ARMS="', 1)[1].split('"', 1)[0].split()
+    assert len(arms) == 4 and sum('_mimic_' in a for a in arms) == 2
+    assert all(osp.isfile(osp.join(ROOT, 'configs', 'demo', a + '.py')) for a in arms)
+
+
+@pytest.mark.slow
+def test_train_with_mimicking_then_test_with_and_without_the_branch(tmp_path):
+    """What a user does: train the mimic config, test the checkpoint with it and with the plain config
+    (same predictions, so the same metrics), then collect both runs."""
+    pytest.importorskip('mmdet')
+    from dcn_plugin.datasets import generate_demo_dataset
+    root = str(tmp_path / 'data') + '/'
+    generate_demo_dataset(root, seed=1, splits={'train': 8, 'val': 4}, image_size=96)
+    loaders = ['train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+               'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False']
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
+    mimic = osp.join('configs', 'demo', 'faster-rcnn_r18_fpn_gn-all_mimic_demo-shapes.py')
+    plain = osp.join('configs', 'demo', 'faster-rcnn_r18_fpn_gn-all_demo-shapes.py')
+
+    def run(*args):
+        proc = subprocess.run([PY, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    trained = tmp_path / 'mimic'
+    log = run('tools/train.py', mimic, '--work-dir', str(trained), '--cfg-options', f'data_root={root}',
+              'train_cfg.max_iters=3', 'randomness.seed=3', *loaders)
+    assert 'loss_mimic' in log and 'mimic_num_rois' in log
+    ckpt = str(trained / 'iter_3.pth')
+    keep = ['model.test_cfg.rcnn.score_thr=0.0']  # 3 iterations: keep low scores so COCO eval has results
+    run('tools/test.py', mimic, ckpt, '--work-dir', str(trained), '--cfg-options', f'data_root={root}', *keep,
+        *loaders)
+    other = tmp_path / 'plain_test'
+    log = run('tools/test.py', plain, ckpt, '--work-dir', str(other), '--cfg-options', f'data_root={root}', *keep,
+              *loaders)
+    assert 'roi_head.mimic_cls' in log  # reported as unexpected keys, not loaded
+    a, b = (json.loads((d / 'test_metrics.json').read_text())['metrics'] for d in (trained, other))
+    assert a == b
+    out = run('tools/collect_metrics.py', str(trained), str(other))
+    assert '| faster-rcnn_r18_fpn_gn-all_mimic_demo-shapes | 1 | 3 | 3 |' in out
+    assert '| faster-rcnn_r18_fpn_gn-all_demo-shapes | 1 | ? | ? |' in out  # tested only: no training log

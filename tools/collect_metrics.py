@@ -1,0 +1,44 @@
+"""Summarise several runs: ``python tools/collect_metrics.py RUN [RUN ...] [--metrics ...] [--out FILE]``.
+
+Each RUN is a work dir holding ``test_metrics.json`` (``tools/test.py ... --work-dir RUN``) and, when it
+also trained there, its training log. Runs tested with the same config form one arm; the output is a
+Markdown table of each arm's mean ± sample standard deviation (min–max) over its runs (seeds), the
+training speed, and one row per run. The work lives in :mod:`dcn_plugin.study`.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+from dataclasses import asdict
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
+
+from dcn_plugin.study import DEFAULT_METRICS, format_markdown, load_run, summarize_runs  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Mean and spread of test metrics per config over several runs')
+    parser.add_argument('runs', nargs='+', help='work dirs (or their test_metrics.json)')
+    parser.add_argument('--metrics', nargs='+', default=list(DEFAULT_METRICS),
+                        help=f'keys of test_metrics.json to summarise (default: {" ".join(DEFAULT_METRICS)})')
+    parser.add_argument('--out', help='also write the Markdown tables to this file')
+    parser.add_argument('--json', help='also write the runs and the summaries as JSON to this file')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    summaries = summarize_runs([load_run(path) for path in args.runs], args.metrics)
+    text = format_markdown(summaries, args.metrics)
+    print(text, end='')
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump([asdict(s) for s in summaries], f, indent=2)
+    return text
+
+
+if __name__ == '__main__':
+    main()
