@@ -289,6 +289,25 @@ def test_images_without_positives_add_nothing_and_an_all_negative_batch_gives_ze
     assert model.roi_head.mimic_cls.weight.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize('bbox_head', [
+    dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=16, norm_cfg=dict(type='GN', num_groups=4)),
+    dict(type='ConvFCBBoxHead', num_shared_fcs=1, num_cls_fcs=1, num_reg_fcs=1),  # separate branches
+])
+def test_other_mmdet_box_heads_give_their_classifier_feature(bbox_head):
+    cfg = dict(in_channels=16, fc_out_channels=24, roi_feat_size=7, num_classes=NUM_CLASSES,
+               bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
+               loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+               loss_bbox=dict(type='L1Loss', loss_weight=1.0), **bbox_head)
+    model = _model(bbox_head=cfg)
+    assert type(model.roi_head.bbox_head).__name__ == bbox_head['type']
+    assert model.roi_head.mimic_cls.in_features == model.roi_head.bbox_head.fc_cls.in_features == 24
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60]], [0])]
+    losses = _head_losses(model, torch.randn(2, 3, 64, 64), samples,
+                          [_proposals([[5, 5, 41, 35]]), _proposals([[11, 19, 49, 61]])])
+    assert losses['mimic_num_rois'].item() == 4
+    assert losses['loss_mimic'] > 0 and torch.isfinite(losses['loss_mimic_cls'])
+
+
 def test_the_whole_detector_trains_with_batch_two_and_reports_the_branch_losses():
     model = _model(mimic_num_rois=3)
     samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
