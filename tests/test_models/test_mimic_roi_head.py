@@ -428,7 +428,6 @@ def test_the_detector_and_the_head_need_each_other():
 
 
 def test_unshared_classifier_is_initialised_like_fc_cls():
-    model = _model(mimic=True)
     model = MODELS.build(_model_cfg(mimic=True))
     model.init_weights()
     cls = model.roi_head.mimic_cls
