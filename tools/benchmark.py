@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -283,7 +284,7 @@ def report(results: Dict[str, Any], short: bool = False) -> str:
 
 
 def plot(results: Dict[str, Any], path: str) -> Optional[str]:
-    """Bars per case and implementation, a panel per phase: time, and peak memory unless skipped."""
+    """Bars per case and implementation, a panel per phase for time and for peak memory (unless skipped)."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -293,7 +294,7 @@ def plot(results: Dict[str, Any], path: str) -> Optional[str]:
     cases, impls, phases = results['cases'], results['impls'], results['phases']
     panels = [(f'{p}_ms', f'{t}: ms, median') for p, t in phases.items()] + [
         (f'mem_{p}_bytes', f'{t}: peak extra MiB') for p, t in phases.items() if not results['config']['no_memory']]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 + len(panels) * (1 + 0.8 * len(cases)), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 + len(panels) * (1 + 0.8 * len(cases)), 4.5), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         for i, name in enumerate(impls):
             bars = [(j + (i - (len(impls) - 1) / 2) * 0.8 / len(impls), v / 2 ** 20 if key.startswith('mem') else v)
@@ -303,7 +304,7 @@ def plot(results: Dict[str, Any], path: str) -> Optional[str]:
         ax.set_yscale('log' if len(cases) > 1 else 'linear')
         ax.set_xticks(range(len(cases)), [c['case']['label'] for c in cases], rotation=30, ha='right', fontsize=7)
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(results['title'], fontsize=9)
+    fig.suptitle('\n'.join(textwrap.wrap(results['title'], 100)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -474,8 +475,10 @@ def build_model(path: str, args: argparse.Namespace) -> Tuple[torch.nn.Module, i
     model, logger = MODELS.build(cfg.model), MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.WARNING)  # init_weights() logs every parameter's init
-    model.init_weights()
-    logger.setLevel(level)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     part = {'detector': lambda: model, 'backbone': lambda: model.backbone,
             'backbone+neck': lambda: torch.nn.Sequential(model.backbone, model.neck)}[args.part]()
     return part.to(args.device), cfg.model.get('data_preprocessor', {}).get('pad_size_divisor', 1)
