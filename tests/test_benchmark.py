@@ -1,4 +1,6 @@
-"""The op benchmark (dcn_plugin.benchmark, tools/benchmark_op.py) on a tiny shape: seconds, no mmcv needed."""
+"""tools/benchmark.py (op and model modes) and its former name tools/benchmark_op.py, on tiny cases: one
+thread, a few hundredths of a second of timing per implementation, no GPU needed."""
+import argparse
 import importlib.util
 import json
 import os
@@ -6,168 +8,265 @@ import os
 import pytest
 import torch
 
-from dcn_plugin.benchmark import (BenchConfig, PRESETS, Shape, format_report, parse_shapes, run_benchmark,
-                                  write_reports)
-from dcn_plugin.benchmark.op_benchmark import _peak_cpu_alloc, make_inputs
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_MMCV = importlib.util.find_spec('mmcv') is not None
+HAS_MMDET = importlib.util.find_spec('mmdet') is not None
+FAST = ['--threads', '1', '--min-run-time', '0.02', '--rounds', '2']
+DEMO_DCN = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py')
+DEMO_PLAIN = os.path.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18_fpn_gn-all_demo-shapes.py')
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location('benchmark_op_tool', os.path.join(ROOT, 'tools', 'benchmark_op.py'))
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f'tool_{name[:-3]}', os.path.join(ROOT, 'tools', name))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _tiny_config(**kw):
-    kw = {'shapes': [PRESETS['tiny']], 'repeat': 2, 'warmup': 1, 'impls': ('ours', 'torchvision', 'conv2d'),
-          'progress': False, 'threads': 1, **kw}  # 1 thread: no OpenMP stalls on a loaded machine
-    return BenchConfig(**kw)
+tool = _load('benchmark.py')
+
+
+def _outputs(folder, stem):
+    return sorted(os.listdir(folder)) == [f'{stem}.{ext}' for ext in ('json', 'md', 'png')]
 
 
 @pytest.fixture(scope='module')
-def tiny_results():
-    return run_benchmark(_tiny_config())
+def op_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('op')
+    rc = tool.main(['op', '--shapes', 'tiny', '--impls', 'ours', 'torchvision', 'conv2d', *FAST, '--out-dir', str(out)])
+    return rc, out, json.loads((out / 'op_benchmark_cpu_float32.json').read_text())
 
 
-def test_parse_shapes_resolves_groups_presets_and_specs_in_order_without_duplicates():
-    shapes = parse_shapes(['r50-640', '256@40x40', '128@128x128/s2/dg4,tiny'])
-    assert [s.spec for s in shapes] == ['128@80x80', '256@40x40', '512@20x20', '128@128x128/s2/dg4', '8@8x8/dg2']
-    assert shapes[0].name == 'r50-640-c3' and shapes[0].out_hw() == (80, 80)
-    assert parse_shapes(['128@128x128/s2'])[0].out_hw() == (64, 64)
-    issue = parse_shapes(['issue'])
-    assert [(s.channels, s.height, s.stride) for s in issue] == [(128, 64, 1), (256, 32, 1), (512, 16, 1),
-                                                                 (128, 128, 2)]
-    assert [s.out_hw() for s in parse_shapes(['r50-1333'])] == [(100, 168), (50, 84), (25, 42)]
+def test_parse_shapes_resolves_sets_and_specs_in_order_without_duplicates():
+    cases = tool.parse_shapes(['r50-640x640', '256@40x40', '128@128x128/s2/dg4,tiny', 'mine=16@8x12/k5'], batch=2)
+    assert [c['spec'] for c in cases] == ['128@80x80', '256@40x40', '512@20x20', '128@128x128/s2/dg4', '8@8x8/dg2',
+                                          '16@8x12/k5']
+    assert cases[0]['label'] == 'r50-640-c3 (128@80x80)' and cases[0]['out_hw'] == [80, 80]
+    assert cases[-1]['label'] == 'mine (16@8x12/k5)' and (cases[-1]['kernel'], cases[-1]['padding']) == (5, 2)
+    assert tool.parse_shapes(['128@128x128/s2'], 2)[0]['out_hw'] == [64, 64]
+    assert [(c['channels'], c['height'], c['stride'], c['gflop']) for c in tool.parse_shapes(['equal-gflop'], 2)] == [
+        (128, 64, 1, 2.42), (256, 32, 1, 2.42), (512, 16, 1, 2.42), (128, 128, 2, 2.42)]
+    assert [c['out_hw'] for c in tool.parse_shapes(['r50-1333x800'], 2)] == [[100, 168], [50, 84], [25, 42]]
+    cpu = tool.parse_shapes(['cpu'], 2)  # the default CPU set: the 8 shapes of docs/benchmarks.md
+    assert len(cpu) == 8 and cpu[-1]['spec'] == '256@40x40/dg4'
 
 
-@pytest.mark.parametrize('bad', ['nonsense', '12@8', '10@8x8/dg4', '0@8x8'])
-def test_parse_shapes_rejects_unknown_names_and_bad_specs_with_the_known_names(bad):
+@pytest.mark.parametrize('bad', ['nonsense', '12@8', '10@8x8/dg4', '0@8x8', '8@8x8/s0'])
+def test_parse_shapes_rejects_unknown_names_and_bad_specs_naming_the_syntax(bad):
     with pytest.raises(ValueError, match='shape'):
-        parse_shapes([bad])
+        tool.parse_shapes([bad], 2)
 
 
-def test_inputs_are_the_same_for_every_device_and_dtype_and_realistic():
-    s = Shape(16, 12, 10, stride=2, deform_groups=2)
-    a = make_inputs(s, 2, torch.float32, torch.device('cpu'), seed=3)
-    b = make_inputs(s, 2, torch.float64, torch.device('cpu'), seed=3)
-    assert torch.equal(a.offset.double(), b.offset) and torch.equal(a.x.double(), b.x)
-    assert a.offset.shape == (2, 2 * 2 * 9, 6, 5) and a.mask.shape == (2, 2 * 9, 6, 5)
-    off, mask = a.offset.detach(), a.mask.detach()
-    assert 1.5 < float(off.std()) < 2.5 and 0 < float(mask.min()) and float(mask.max()) < 1
-    assert all(t.requires_grad and t.is_contiguous() for t in (a.x, a.offset, a.mask, a.weight))
+def test_op_inputs_are_the_same_for_every_dtype_and_realistic():
+    def inputs(dtype):
+        args = argparse.Namespace(device='cpu', dtype=dtype, seed=3)
+        return tool.OpMode(args).inputs(tool.parse_shapes(['16@12x10/s2/dg2'], 2)[0])
+    a, b = inputs('float32'), inputs('float64')
+    assert all(torch.equal(x.double(), y) for x, y in zip(a[:5], b[:5]))
+    x, offset, mask, weight, grad_out, case = a
+    assert offset.shape == (2, 2 * 2 * 9, 6, 5) and mask.shape == (2, 2 * 9, 6, 5) and grad_out.shape == (2, 16, 6, 5)
+    assert all(t.requires_grad and t.is_contiguous() for t in (x, offset, mask, weight)) and not grad_out.requires_grad
+    offset, mask = offset.detach(), mask.detach()
+    assert 1.5 < float(offset.std()) < 2.5 and 0 < float(mask.min()) and float(mask.max()) < 1
 
 
-def test_cpu_peak_memory_counts_a_known_allocation():
-    peak = _peak_cpu_alloc(lambda: torch.empty(1 << 20, dtype=torch.float32).fill_(1.0))
-    assert peak is not None and peak >= 4 << 20
+def test_cpu_peak_memory_counts_allocations_and_their_peak():
+    cpu = torch.device('cpu')
+    assert tool.peak_memory(lambda: None, cpu) == 0
+    assert tool.peak_memory(lambda: torch.empty(1 << 20).fill_(1.0), cpu) == 4 << 20  # the result counts
+
+    def temporary_then_small():
+        t = torch.ones(2 << 20)
+        del t
+        return torch.ones(1 << 18)
+    assert tool.peak_memory(temporary_then_small, cpu) == 8 << 20  # the peak, not the end
 
 
-def test_benchmark_times_every_implementation_and_records_memory(tiny_results):
-    entry = tiny_results['shapes'][0]
-    assert entry['shape']['spec'] == '8@8x8/dg2'
-    for name in ('torchvision', 'conv2d', 'ours'):
+def test_op_mode_times_checks_and_sizes_every_implementation_and_writes_its_files(op_run):
+    rc, out, data = op_run
+    assert rc == 0 and _outputs(out, 'op_benchmark_cpu_float32')
+    entry = data['cases'][0]
+    assert entry['case']['spec'] == '8@8x8/dg2' and data['skipped'] == {} and data['failures'] == []
+    for name in ('ours', 'torchvision', 'conv2d'):
         r = entry['results'][name]
         assert 'error' not in r, r.get('error')
-        assert r['fwd_ms'] > 0 and r['fwdbwd_ms'] > 0 and len(r['fwdbwd_samples_ms']) == 2
+        assert r['fwd_ms'] > 0 and r['fwdbwd_ms'] > 0 and len(r['fwdbwd_samples_ms']) >= 2
         assert r['mem_fwd_bytes'] > 0 and r['mem_fwdbwd_bytes'] >= r['mem_fwd_bytes'] * 0.5
     ratios = entry['ratios']
-    assert ratios['ours_over_conv2d_fwd'] > 0 and ratios['torchvision_over_ours_fwdbwd'] > 0
-
-
-def test_benchmark_checks_that_ours_agrees_with_torchvision(tiny_results):
-    agreement = tiny_results['shapes'][0]['agreement']
-    assert agreement['reference'] == 'ours'
-    assert agreement['ok']['torchvision'], agreement['max_abs_diff']
-
-
-def test_reports_hold_tables_json_and_chart(tiny_results, tmp_path):
-    text = format_report(tiny_results)
-    for heading in ('## Time (ms, median)', '## Ratios', '## Peak extra memory', '## Agreement', '## Targets'):
+    assert ratios['ours_over_conv2d_fwd'] == pytest.approx(entry['results']['ours']['fwd_ms']
+                                                           / entry['results']['conv2d']['fwd_ms'])
+    assert ratios['torchvision_over_ours_fwdbwd'] > 0 and ratios['ours_over_torchvision_mem_fwdbwd'] > 0
+    assert not any(k.startswith('mmcv') for k in ratios)  # not asked for: no ratio
+    agreement = entry['agreement']
+    assert agreement['reference'] == 'ours' and agreement['ok'] == {'torchvision': True}, agreement['max_abs_diff']
+    assert set(agreement['max_abs_diff']['torchvision']) == {'output', 'grad_input', 'grad_offset', 'grad_mask',
+                                                             'grad_weight'}
+    text = (out / 'op_benchmark_cpu_float32.md').read_text()
+    for heading in ('## Time (ms, median)', '## Ratios', '## Peak extra memory', '## Agreement with ours', '- git commit'):
         assert heading in text
-    paths = write_reports(tiny_results, str(tmp_path))
-    data = json.loads(open(paths['json']).read())
-    assert data['config']['dtype'] == 'float32' and data['shapes'][0]['results']['conv2d']['fwd_ms'] > 0
-    assert len(data['targets']) == 5
-    assert os.path.getsize(paths['png']) > 1000
+    assert os.path.getsize(out / 'op_benchmark_cpu_float32.png') > 1000
 
 
-def test_unavailable_implementation_is_skipped_with_a_note(monkeypatch):
+def test_agreement_check_catches_a_wrong_implementation_loudly(monkeypatch, tmp_path, capsys):
+    ours, leaves = tool.OpMode.impls['ours'](argparse.Namespace(device='cpu'))
+    wrong = lambda x, o, m, w, c: ours(x, o, m, w, c) * 1.001  # noqa: E731  (0.1% off: far above 1e-4)
+    monkeypatch.setitem(tool.OpMode.impls, 'torchvision', lambda args: (wrong, leaves))
+    rc = tool.main(['--shapes', 'tiny', '--impls', 'ours', 'torchvision', '--no-memory', *FAST, '--out-dir', str(tmp_path)])
+    assert rc == 1
+    assert 'torchvision DISAGREES with ours' in capsys.readouterr().err
+    data = json.loads((tmp_path / 'op_benchmark_cpu_float32.json').read_text())
+    assert data['cases'][0]['agreement']['ok'] == {'torchvision': False}
+    text = (tmp_path / 'op_benchmark_cpu_float32.md').read_text()
+    assert '**NO**' in text and '**tiny (8@8x8/dg2): torchvision DISAGREES with ours' in text
+
+
+def test_agreement_never_accepts_a_wrong_shape_or_a_missing_tensor():
+    a = torch.randn(4, 3)
+    check = tool.agreement({'ours': [a, a], 'same': [a.clone(), a + 1e-9], 'cut': [a[:2], a], 'short': [a]},
+                           'ours', 1e-4, ('output', 'grad'))
+    assert check['ok'] == {'same': True, 'cut': False, 'short': False}
+
+
+def test_unavailable_implementation_is_skipped_with_a_note(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'mmcv' else real(name, *a))
-    res = run_benchmark(_tiny_config(impls=('mmcv', 'conv2d'), memory=False, check=False, repeat=1, warmup=0))
-    assert res['skipped'] == {'mmcv': 'mmcv is not installed'}
-    assert res['shapes'][0]['results']['conv2d']['fwd_ms'] > 0
-    assert 'mmcv skipped: mmcv is not installed' in format_report(res)
+    rc = tool.main(['--shapes', 'tiny', '--impls', 'mmcv', 'ours', '--no-memory', *FAST, '--out-dir', str(tmp_path)])
+    data = json.loads((tmp_path / 'op_benchmark_cpu_float32.json').read_text())
+    assert rc == 0 and data['skipped'] == {'mmcv': 'mmcv is not installed'} and data['impls'] == ['ours']
+    assert data['cases'][0]['results']['ours']['fwd_ms'] > 0
+    assert '- mmcv skipped: mmcv is not installed' in (tmp_path / 'op_benchmark_cpu_float32.md').read_text()
 
 
-def test_tool_quick_run_writes_its_outputs(tmp_path, capsys):
-    rc = _tool().main(['--quick', '--shapes', 'tiny', '--impls', 'torchvision', 'conv2d', '--no-progress',
-                       '--repeat', '1', '--warmup', '0', '--threads', '1', '--out-dir', str(tmp_path), '--tag', 't'])
-    assert rc == 0
-    assert '## Time (ms, median)' in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == [f'op_benchmark_cpu_float32_t.{ext}' for ext in ('json', 'md', 'png')]
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_half_dtypes_on_the_cpu_are_refused_in_the_users_terms(dtype, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        tool.main(['--dtype', dtype, '--out-dir', str(tmp_path)])
+    assert e.value.code == 2 and f'--dtype {dtype} needs --device cuda' in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
 
 
-def test_tool_cuda_mode_parses_and_refuses_cleanly_without_a_gpu(tmp_path):
-    tool = _tool()
-    cfg = tool.build_config(tool.parse_args(['--device', 'cuda', '--dtype', 'tf32', '--threads', '2']))
-    assert cfg.device == 'cuda' and cfg.dtype == 'tf32' and cfg.threads == 2
-    assert [s.name for s in cfg.shapes] == ['r50-1333-c3', 'r50-1333-c4', 'r50-1333-c5', 'r50-1333-c4-dg4']
-    if not torch.cuda.is_available():
-        assert tool.main(['--device', 'cuda', '--out-dir', str(tmp_path)]) == 2
-        assert not os.listdir(tmp_path)
-    assert tool.main(['--dtype', 'tf32', '--out-dir', str(tmp_path)]) == 2  # tf32 is a CUDA mode
+@pytest.mark.parametrize('argv, message', [(['--batch', '0'], '--batch: must be positive'),
+                                           (['--min-run-time', 'x'], "--min-run-time: invalid float value: 'x'"),
+                                           (['--shapes', '12@8'], "unknown shape '12@8'"),
+                                           (['--impls', 'cudnn'], "invalid choice: 'cudnn'"),
+                                           (['--tf32'], '--tf32 needs --device cuda'),
+                                           (['model', 'missing.py', '--baseline', 'missing.py'],
+                                            'config file not found: missing.py')])
+def test_bad_arguments_are_refused_naming_the_argument(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        tool.parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not HAS_MMCV, reason='mmcv is not installed')
-def test_mmcv_runs_and_agrees_when_installed():
-    res = run_benchmark(_tiny_config(impls=('torchvision', 'mmcv'), memory=False, repeat=1, warmup=0))
-    entry = res['shapes'][0]
-    if 'mmcv' in res['skipped']:
-        pytest.skip(res['skipped']['mmcv'])
-    assert 'error' not in entry['results']['mmcv'], entry['results']['mmcv']
-    assert entry['agreement']['ok']['mmcv'], entry['agreement']['max_abs_diff']
+def test_op_is_the_default_subcommand_with_the_devices_shape_set():
+    args = tool.parse_args([])
+    assert (args.command, args.device, args.dtype, args.shapes, args.batch) == ('op', 'cpu', 'float32', ['cpu'], 2)
+    assert args.impls == ['ours', 'torchvision', 'mmcv', 'conv2d'] and not args.tf32
+    assert tool.parse_args(['op', '--shapes', 'quick']).shapes == ['quick']
 
 
-def test_cuda_precision_modes_set_tf32_only_for_tf32_and_restore_the_flags():
-    from dcn_plugin.benchmark.op_benchmark import _precision
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without a GPU')
+def test_cuda_mode_is_refused_cleanly_without_a_gpu(tmp_path, capsys):
+    for argv in (['--device', 'cuda'], ['--device', 'cuda', '--dtype', 'bfloat16', '--tf32', '--shapes', 'r50-1333x800']):
+        with pytest.raises(SystemExit) as e:
+            tool.main([*argv, '--out-dir', str(tmp_path)])
+        assert e.value.code == 2 and '--device cuda: no CUDA device here' in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_cuda_precision_flags_set_tf32_only_when_asked_and_are_restored():
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     if not hasattr(matmul, 'fp32_precision'):
         pytest.skip('torch < 2.9: legacy TF32 flags')
+    assert tool.precision_flags(torch.device('cpu'), True) == []
     before = (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark)
-    with _precision(torch.device('cuda'), 'tf32'):
-        assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == ('tf32', 'tf32', True)
-    with _precision(torch.device('cuda'), 'float32'):  # true fp32: cuDNN's TF32 default switched off too
-        assert (matmul.fp32_precision, cudnn.conv.fp32_precision) == ('ieee', 'ieee')
+    saved = tool.set_flags(tool.precision_flags(torch.device('cuda'), True))
+    assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == ('tf32', 'tf32', True)
+    tool.set_flags(tool.precision_flags(torch.device('cuda'), False))  # true fp32: cuDNN's TF32 default off too
+    assert (matmul.fp32_precision, cudnn.conv.fp32_precision) == ('ieee', 'ieee')
+    tool.set_flags(saved)
     assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == before
 
 
-def test_gpu_check_script_parses_and_its_summary_reads_a_result_folder(tmp_path, tiny_results):
-    import subprocess
-    script = os.path.join(ROOT, 'tools', 'gpu_check.sh')
-    assert subprocess.run(['bash', '-n', script]).returncode == 0
-    assert subprocess.run(['bash', script], capture_output=True).returncode == 2  # no OUTDIR: usage
-    (tmp_path / 'steps.tsv').write_text('env\tok\t0\t3\tenv.log\nbuild\tok\t0\t95\tbuild.log\n'
-                                        'tests\tfailed\t1\t40\ttests.log\n')
-    (tmp_path / 'tests.xml').write_text(
-        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
-        '<testcase classname="tests.test_ops.test_cuda" name="test_a" time="0.1"/>'
-        '<testcase classname="tests.test_ops.test_cuda" name="test_b" time="0.2"><failure message="boom">tb'
-        '</failure></testcase><testcase classname="t" name="test_c"><skipped message="no GPU"/></testcase>'
-        '</testsuite></testsuites>')
-    write_reports(tiny_results, str(tmp_path), 'op_benchmark_cuda_tf32')
-    spec = importlib.util.spec_from_file_location('gpu_summary', os.path.join(ROOT, 'dcn_plugin', 'benchmark',
-                                                                              'gpu_summary.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.main([str(tmp_path)]) == 1  # a failed step and a failed test
-    summary = json.loads((tmp_path / 'summary.json').read_text())
-    assert summary['tests']['counts'] == {'passed': 1, 'failed': 1, 'error': 0, 'skipped': 1}
-    failed = summary['tests']['failed'][0]
-    assert failed['test'].endswith('test_b') and failed['message'] == 'boom'
-    assert summary['benchmarks'][0]['shapes'][0]['results']['ours']['fwd_ms'] > 0
-    text = (tmp_path / 'summary.txt').read_text()
-    assert 'FAIL tests.test_ops.test_cuda::test_b: boom' in text and 'torchvision/ours' in text
+def test_former_name_runs_the_op_mode_with_the_same_arguments(tmp_path, capsys):
+    rc = _load('benchmark_op.py').main(['--shapes', 'tiny', '--impls', 'ours', 'conv2d', *FAST, '--tag', 't',
+                                        '--out-dir', str(tmp_path)])
+    assert rc == 0 and _outputs(tmp_path, 'op_benchmark_cpu_float32_t')
+    assert '## Time (ms, median): fwd / fwd+bwd' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_MMCV, reason='mmcv is not installed')
+def test_mmcv_runs_and_agrees_when_installed(tmp_path):
+    assert tool.main(['--shapes', 'tiny', '--impls', 'ours', 'mmcv', '--no-memory', *FAST,
+                      '--out-dir', str(tmp_path)]) == 0
+    data = json.loads((tmp_path / 'op_benchmark_cpu_float32.json').read_text())
+    if 'mmcv' in data['skipped']:
+        pytest.skip(data['skipped']['mmcv'])
+    assert 'error' not in data['cases'][0]['results']['mmcv'] and data['cases'][0]['agreement']['ok'] == {'mmcv': True}
+
+
+def test_model_configs_lose_every_pretrained_init_and_keep_the_others():
+    cfg = {'backbone': {'init_cfg': {'type': 'Pretrained', 'checkpoint': 'torchvision://resnet50'}, 'depth': 50,
+                        'plugins': [{'cfg': {'init_cfg': None}}]},
+           'neck': {'init_cfg': [{'type': 'Xavier'}, {'type': 'Pretrained', 'checkpoint': 'x.pth'}]},
+           'head': {'init_cfg': [{'type': 'Pretrained', 'checkpoint': 'y.pth'}], 'pretrained': 'z.pth'}}
+    tool._no_pretrained(cfg)
+    assert cfg == {'backbone': {'init_cfg': None, 'depth': 50, 'plugins': [{'cfg': {'init_cfg': None}}]},
+                   'neck': {'init_cfg': [{'type': 'Xavier'}]}, 'head': {'init_cfg': None, 'pretrained': None}}
+
+
+def _breakdown_of(net, x):
+    def step():
+        net.zero_grad(set_to_none=True)
+        net(x).sum().backward()
+    return tool.breakdown(step, net, torch.device('cpu'))
+
+
+def test_breakdown_gives_conv_offset_its_backward_and_sums_to_the_profiled_total():
+    from dcn_plugin.ops import ModulatedDeformConv2dPack
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12)
+    only_dcn = _breakdown_of(ModulatedDeformConv2dPack(8, 8, 3, padding=1), x)
+    parts = only_dcn['parts']
+    assert list(parts) == list(tool.PARTS) and all(v >= 0 for v in parts.values())
+    assert parts['other convolutions'] == 0  # conv_offset's forward and backward convolutions are its own
+    assert min(parts[p] for p in tool.PARTS[:4]) > 0
+    assert sum(parts.values()) == pytest.approx(only_dcn['step_ms'], rel=0.01)
+    mixed = _breakdown_of(torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1),
+                                              ModulatedDeformConv2dPack(8, 8, 3, padding=1)), x)
+    assert mixed['parts']['other convolutions'] > 0 and mixed['parts'][tool.PARTS[0]] > 0
+    assert mixed['total_ms'] == pytest.approx(mixed['step_ms'], rel=0.01)
+
+
+@pytest.mark.skipif(not HAS_MMDET, reason='the model mode needs mmdet')
+def test_model_mode_compares_the_demo_detectors_with_a_breakdown_and_writes_its_files(tmp_path, capsys):
+    rc = tool.main(['model', DEMO_DCN, '--baseline', DEMO_PLAIN, '--image-size', '60', '64', '--batch', '1',
+                    '--breakdown', *FAST, '--out-dir', str(tmp_path)])
+    stem = 'model_benchmark_cpu_float32_faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes_detector_60x64'
+    assert rc == 0 and _outputs(tmp_path, stem)
+    data = json.loads((tmp_path / f'{stem}.json').read_text())
+    entry = data['cases'][0]
+    assert data['impls'] == ['dcn', 'baseline'] and data['failures'] == []
+    assert entry['case']['input_size'] == [64, 64] and entry['agreement'] is None  # padded to 32 as mmdet does
+    for name in ('dcn', 'baseline'):
+        r = entry['results'][name]
+        assert r['infer_ms'] > 0 and r['train_ms'] > 0 and r['mem_infer_bytes'] > 0 and r['mem_train_bytes'] > 0
+    assert entry['ratios']['dcn_over_baseline_train'] == pytest.approx(entry['results']['dcn']['train_ms']
+                                                                       / entry['results']['baseline']['train_ms'])
+    assert {'dcn_over_baseline_infer', 'dcn_over_baseline_mem_infer', 'dcn_over_baseline_mem_train'} < set(entry['ratios'])
+    for phase in ('infer', 'train'):
+        b = entry['breakdown'][phase]
+        assert sum(b['parts'].values()) == pytest.approx(b['step_ms'], rel=0.01)
+        assert min(b['parts'][p] for p in tool.PARTS) > 0  # the demo model has every part
+    printed = capsys.readouterr().out
+    assert '| dcn / baseline | dcn / baseline memory |' in printed and '## Breakdown of dcn, training step' in printed
+
+
+@pytest.mark.skipif(not HAS_MMDET, reason='the model mode needs mmdet')
+@pytest.mark.parametrize('part', ['backbone', 'backbone+neck'])
+def test_model_mode_runs_a_part_of_the_models(part, tmp_path):
+    rc = tool.main(['model', DEMO_DCN, '--baseline', DEMO_PLAIN, '--part', part, '--mode', 'train', '--image-size',
+                    '32', '32', '--no-memory', *FAST, '--out-dir', str(tmp_path)])
+    data = json.loads(next(tmp_path.glob('*.json')).read_text())
+    assert rc == 0 and list(data['phases']) == ['train'] and data['cases'][0]['ratios']['dcn_over_baseline_train'] > 0
+    assert next(tmp_path.glob('*.json')).name.endswith(f'_{part.replace("+", "-")}_32x32.json')
