@@ -82,7 +82,6 @@ CUDA_HOME_FOUND="$(find_cuda_home || true)"
 GPU_VISIBLE="$("$VPY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)"
 WANT_CUDA=0
 if [ -n "$CUDA_HOME_FOUND" ] && { [ "$GPU_VISIBLE" = 1 ] || [ "${FORCE_CUDA:-0}" = 1 ]; }; then WANT_CUDA=1; fi
-SITE="$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
 # ---------------------------------------------------------------- mmcv 2.1.0 with ops
 mmcv_ok() { "$VPY" -c "import mmcv, mmcv.ops; from mmcv.ops import nms, RoIAlign; assert mmcv.__version__ == '$MMCV_VER'" 2>/dev/null; }
@@ -112,7 +111,7 @@ if ! mmcv_ok || [ "$(cat "$MMCV_STAMP" 2>/dev/null)" != "$MMCV_FLAVOUR" ]; then
     (
       cd "$WORK/mmcv-$MMCV_VER"
       export MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-      if [ "$WANT_CUDA" = 1 ]; then cuda_env "$CUDA_HOME_FOUND" "$SITE"; export FORCE_CUDA=1; else export FORCE_CUDA=0; unset CUDA_HOME || true; fi
+      if [ "$WANT_CUDA" = 1 ]; then use_cuda_toolkit "$VPY"; export FORCE_CUDA=1; else export FORCE_CUDA=0; unset CUDA_HOME || true; fi
       start=$(date +%s)
       "$VPY" -m pip wheel "${PIP_QUIET[@]}" --no-deps --no-build-isolation -w "$WORK/dist" . > "$WORK/build.log" 2>&1 \
         || { tail -n 60 "$WORK/build.log" >&2; log "mmcv build failed (full log: $WORK/build.log)"; trap - EXIT; exit 1; }
@@ -143,7 +142,7 @@ if ! "$VPY" -c "import importlib.metadata as m; m.version('dcn_plugin')" 2>/dev/
     || [ "$(cat "$DCN_STAMP" 2>/dev/null)" != "$DCN_FLAVOUR" ]; then
   log "building dcn_plugin._C ($([ "$WANT_CUDA" = 1 ] && echo "CPU + CUDA" || echo CPU))"
   ( cd "$ROOT"
-    if [ "$WANT_CUDA" = 1 ]; then cuda_env "$CUDA_HOME_FOUND" "$SITE"; export FORCE_CUDA=1; fi
+    if [ "$WANT_CUDA" = 1 ]; then use_cuda_toolkit "$VPY"; export FORCE_CUDA=1; fi
     "$VPY" -m pip install "${PIP_QUIET[@]}" --no-deps --no-build-isolation -e . > "$ROOT/work_dirs/.build_ext.log" 2>&1 \
       || { tail -n 80 "$ROOT/work_dirs/.build_ext.log" >&2; log "building dcn_plugin._C failed"; exit 1; } )
   echo "$DCN_FLAVOUR" > "$DCN_STAMP"

@@ -1,11 +1,29 @@
 """Shared helpers of the operator tests (they import only torch, torchvision and dcn_plugin.ops)."""
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
 
-@dataclass
+class Inputs(NamedTuple):
+    """The op's tensor arguments in its order (also used for their gradients; ``None`` where absent)."""
+    input: torch.Tensor
+    offset: torch.Tensor
+    mask: Optional[torch.Tensor]
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> 'Inputs':
+        """``fn`` applied to every tensor present."""
+        return Inputs(*(None if t is None else fn(t) for t in self))
+
+    def leaves(self, dtype: Optional[torch.dtype] = None, device=None) -> 'Inputs':
+        """Detached copies (converted to ``dtype`` / ``device`` when given) that require grad."""
+        return self.map(lambda t: t.detach().to(dtype=dtype, device=device).clone().requires_grad_(True))
+
+
+@dataclass(frozen=True)
 class Case:
     """One deformable convolution problem."""
     n: int = 2
@@ -21,7 +39,7 @@ class Case:
     deform_groups: int = 1
     mask: bool = True
     bias: bool = True
-    offset_scale: float = 2.0
+    offset_scale: float = 2.0  # standard deviation of the random offsets, in pixels
     tag: str = field(default='', compare=False)
 
     @property
@@ -30,8 +48,15 @@ class Case:
         wo = (self.w + 2 * self.padding[1] - (self.dilation[1] * (self.k[1] - 1) + 1)) // self.stride[1] + 1
         return ho, wo
 
-    def make(self, dtype=torch.float64, device='cpu', requires_grad=False, seed=0):
-        """Random (input, offset, mask, weight, bias) for this case."""
+    def replace(self, **changes) -> 'Case':
+        return dataclasses.replace(self, **changes)
+
+    def make(self, dtype=torch.float64, device='cpu', requires_grad=False, seed=0) -> Inputs:
+        """Random (input, offset, mask, weight, bias) for this case.
+
+        The values are drawn in float32 on the CPU from ``seed``, then converted: the same numbers on
+        every device, exact in float64 (rounded for float16/bfloat16).
+        """
         g = torch.Generator().manual_seed(seed)
         ho, wo = self.out_hw
         kk = self.k[0] * self.k[1]
@@ -45,10 +70,71 @@ class Case:
         mask = rnd(self.n, self.deform_groups * kk, ho, wo, uniform=True) if self.mask else None
         weight = rnd(self.o, self.c // self.groups, *self.k, scale=0.5)
         bias = rnd(self.o) if self.bias else None
-        return x, offset, mask, weight, bias
+        return Inputs(x, offset, mask, weight, bias)
 
     def conv_args(self):
         return self.stride, self.padding, self.dilation, self.groups, self.deform_groups
+
+
+def forward_backward(fn: Callable, case: Case, inputs: Inputs, grad_out: Optional[torch.Tensor] = None,
+                     grad_seed: int = 123) -> Tuple[torch.Tensor, Inputs]:
+    """The output of ``fn(*inputs, *case.conv_args())`` (detached) and the gradients of every input that
+    requires grad (``None`` for the others), backpropagating ``grad_out`` or, without it, a random output
+    gradient drawn in float64 on the CPU from ``grad_seed`` (the same numbers on every device)."""
+    out = fn(*inputs, *case.conv_args())
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    wanted = [t is not None and t.requires_grad for t in inputs]
+    grads = iter(torch.autograd.grad(out, [t for t, want in zip(inputs, wanted) if want], grad_out.to(out)))
+    return out.detach(), Inputs(*(next(grads) if want else None for want in wanted))
+
+
+# (dy, dx) kinds of edge_case_offsets, cycled over the samples
+EDGE_KINDS = ('nan', '+inf', '-inf', 'huge', '2^40', 'integer', 'y=-1', 'y=H', 'x=-1', 'x=W', 'just inside -1/W',
+              'just inside H/-1', 'random')
+
+
+def edge_case_offsets(case: Case, seed: int = 0) -> torch.Tensor:
+    """Offsets (float64, CPU; every finite value exact in float32) that put the samples of ``case`` on the
+    edge cases of bilinear sampling, cycling over images, deform groups, kernel points and positions:
+    NaN, +-inf and huge offsets (1e30; 2^40, the largest a kernel refuses), samples exactly on a pixel,
+    exactly at y = -1, y = H, x = -1, x = W (zero: outside), 2^-8 inside those bounds (one row or column
+    of taps inside), and plain random ones."""
+    g = torch.Generator().manual_seed(seed)
+    ho, wo = case.out_hw
+    kh, kw = case.k
+    shape = (case.n, case.deform_groups, kh * kw, ho, wo)
+    by = ((torch.arange(ho) * case.stride[0] - case.padding[0]).view(1, 1, 1, ho, 1)
+          + (torch.arange(kh) * case.dilation[0]).repeat_interleave(kw).view(1, 1, -1, 1, 1)).double()
+    bx = ((torch.arange(wo) * case.stride[1] - case.padding[1]).view(1, 1, 1, 1, wo)
+          + (torch.arange(kw) * case.dilation[1]).repeat(kh).view(1, 1, -1, 1, 1)).double()
+    by, bx = by.expand(shape), bx.expand(shape)
+    dy, dx = (torch.randn(2, *shape, generator=g, dtype=torch.float64) * case.offset_scale).float().double()
+    kind = torch.arange(dy.numel()).view(shape) % len(EDGE_KINDS)
+    eps = 2.0 ** -8
+    h, w = float(case.h), float(case.w)
+    rules = {
+        'nan': (torch.full_like(dy, float('nan')), dx),
+        '+inf': (dy, torch.full_like(dx, float('inf'))),
+        '-inf': (torch.full_like(dy, -float('inf')), dx),
+        'huge': (dy, torch.full_like(dx, 1e30)),
+        '2^40': (torch.full_like(dy, -2.0 ** 40), dx),
+        'integer': (dy.round(), dx.round()),
+        'y=-1': (-1 - by, dx),
+        'y=H': (h - by, dx),
+        'x=-1': (dy, -1 - bx),
+        'x=W': (dy, w - bx),
+        'just inside -1/W': (-1 + eps - by, w - eps - bx),
+        'just inside H/-1': (h - eps - by, -1 + eps - bx),
+        'random': (dy, dx),
+    }
+    out_y, out_x = dy.clone(), dx.clone()
+    for i, name in enumerate(EDGE_KINDS):
+        ry, rx = rules[name]
+        out_y = torch.where(kind == i, ry, out_y)
+        out_x = torch.where(kind == i, rx, out_x)
+    # channel 2 * (g * K + k) is dy, the next one dx
+    return torch.stack([out_y, out_x], dim=3).reshape(case.n, 2 * case.deform_groups * kh * kw, ho, wo)
 
 
 def random_cases(count: int, seed: int):
@@ -81,3 +167,18 @@ def assert_close(actual: Optional[torch.Tensor], expected: Optional[torch.Tensor
         return
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f'{name}: {m}')
 
+
+def assert_rel_close(actual: Optional[torch.Tensor], expected: Optional[torch.Tensor], rtol: float,
+                     what: str) -> None:
+    """max |actual - expected| <= rtol * max |expected| (a scale-aware check for sums of many terms);
+    both on any device, ``None`` only together."""
+    assert (actual is None) == (expected is None), f'{what}: one of the two is None'
+    if actual is None:
+        return
+    assert actual.shape == expected.shape, f'{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}'
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert torch.isfinite(a).all(), f'{what}: non-finite values'
+    if e.numel() == 0:
+        return
+    err, scale = float((a - e).abs().max()), float(e.abs().max())
+    assert err <= rtol * max(scale, 1e-30), f'{what}: max abs diff {err:.3e} > {rtol:g} x max abs {scale:.3e}'

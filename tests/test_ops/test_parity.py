@@ -8,7 +8,7 @@ import torchvision
 from dcn_plugin.ops import deform_conv2d, modulated_deform_conv2d
 from dcn_plugin.ops.reference import modulated_deform_conv2d_reference
 
-from op_cases import Case, assert_close, random_cases
+from op_cases import Case, assert_close, edge_case_offsets, forward_backward, random_cases
 
 GRID = [
     Case(tag='3x3 basic'),
@@ -33,13 +33,8 @@ GRID = [
 
 
 def _grads(fn, case: Case, seed=0):
-    x, offset, mask, weight, bias = case.make(requires_grad=True, seed=seed)
-    out = fn(x, offset, mask, weight, bias, *case.conv_args())
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=out.dtype)
-    leaves = [t for t in (x, offset, mask, weight, bias) if t is not None]
-    grads = list(torch.autograd.grad(out, leaves, g))
-    full = [grads.pop(0) if t is not None else None for t in (x, offset, mask, weight, bias)]
-    return out, full
+    out, grads = forward_backward(fn, case, case.make(requires_grad=True, seed=seed), grad_seed=seed + 1)
+    return out, list(grads)
 
 
 def _torchvision(x, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
@@ -153,6 +148,17 @@ def test_huge_inf_and_nan_offsets_sample_zero_without_crashing(bad):
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(offset.grad).all()
     assert torch.count_nonzero(offset.grad[0, :, 1, 2]) == 0
+
+
+def test_samples_on_the_edges_of_bilinear_sampling_match_reference():
+    # NaN/inf/huge offsets, samples exactly on pixels, exactly at -1 / H / W and just inside them
+    case = Case(n=2, c=6, o=6, h=6, w=7, groups=3, deform_groups=2)
+    inputs = case.make()._replace(offset=edge_case_offsets(case)).leaves()
+    out, grads = forward_backward(modulated_deform_conv2d, case, inputs)
+    ref_out, ref_grads = forward_backward(modulated_deform_conv2d_reference, case, inputs.leaves())
+    assert torch.isfinite(out).all()
+    for name, a, b in zip(NAMES, [out, *grads], [ref_out, *ref_grads]):
+        assert_close(a, b, name, 1e-10, 1e-10)
 
 
 def test_dcnv1_function_equals_modulated_op_with_unit_mask():
