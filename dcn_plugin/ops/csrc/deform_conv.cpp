@@ -295,7 +295,10 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
       }
       for (int64_t g = 0; g < p.groups; ++g) {
         // grad_W[g] (O/g, K*C/g) += grad_out_rows[:, g]^T (O/g, nc*P) @ col[:, :, g] (nc*P, K*C/g)
-        const at::Tensor r = matmul_nt(go_c.narrow(1, g * og, og).t(), col_c.select(2, g).reshape({nc * P, kc}).t());
+        // one group's columns are rows strided by groups*kc: a GEMM library handed them transposed with that
+        // stride takes a slow path (oneDNN reorders them element by element), so pack them first
+        const at::Tensor col_g = col_c.select(2, g).reshape({nc * P, kc});
+        const at::Tensor r = matmul_nt(go_c.narrow(1, g * og, og).t(), (p.groups == 1 ? col_g : col_g.contiguous()).t());
         g_w_rows.select(0, g).add_(r);  // float32 accumulation for half/bfloat16
       }
     }
