@@ -21,11 +21,35 @@ ConfigDict = Dict[str, Any]
 _DEFAULT_DCN: ConfigDict = dict(type='MDConv', deform_groups=1, fallback_on_stride=False)
 
 
+# Where mmdet's ResNet raises KeyError or AssertionError for a bad argument, ours raise an exception
+# that is also of that type (code written against mmdet catches it) and still a ValueError / TypeError
+# with a message that names the argument.
+class UnknownDepthError(ValueError, KeyError):
+    """``depth`` has no architecture: a ValueError, and a KeyError as in mmdet's ResNet."""
+
+    __str__ = ValueError.__str__  # KeyError's would print the message quoted
+
+
+class BackboneArgumentError(ValueError, AssertionError):
+    """A bad backbone argument value: a ValueError, and an AssertionError as in mmdet's ResNet."""
+
+
+class BackboneArgumentTypeError(TypeError, AssertionError):
+    """A backbone argument of the wrong type: a TypeError, and an AssertionError as in mmdet's ResNet."""
+
+
+def _resolve_dcn(dcn: Optional[ConfigDict]) -> Optional[ConfigDict]:
+    try:
+        return resolve_dcn_cfg(dcn, 'dcn')
+    except TypeError as e:  # dcn is not a dict: mmdet asserts isinstance(dcn, dict)
+        raise BackboneArgumentTypeError(str(e)) from None
+
+
 def _check_block_dcn(dcn: Optional[ConfigDict], conv_cfg: Optional[ConfigDict]) -> Optional[ConfigDict]:
-    dcn = resolve_dcn_cfg(dcn)
+    dcn = _resolve_dcn(dcn)
     if dcn is not None and conv_cfg is not None:
-        raise ValueError(f'conv_cfg must be None in a deformable block (the deformable convs are set by '
-                         f'dcn), got conv_cfg={conv_cfg!r}')
+        raise BackboneArgumentError(f'conv_cfg must be None in a deformable block (the deformable convs are '
+                                    f'set by dcn), got conv_cfg={conv_cfg!r}')
     return dcn
 
 
@@ -99,8 +123,8 @@ def _as_stage_tuple(value: Any, num_stages: int, arg: str, check: Any, expected:
         raise TypeError(f'{arg} must be a sequence of {num_stages} {expected} (one per stage), '
                         f'got {value!r}')
     if len(value) != num_stages:
-        raise ValueError(f'{arg} must have num_stages = {num_stages} entries, got {len(value)}: '
-                         f'{tuple(value)!r}')
+        raise BackboneArgumentError(f'{arg} must have num_stages = {num_stages} entries, got {len(value)}: '
+                                    f'{tuple(value)!r}')
     if not all(check(v) for v in value):
         raise ValueError(f'{arg} must contain {expected}, got {tuple(value)!r}')
     return tuple(value)
@@ -213,25 +237,25 @@ class DCNResNet(ResNet):
                  pretrained: Optional[str] = None,
                  init_cfg: Union[None, ConfigDict, List[ConfigDict]] = None) -> None:
         if depth not in self.arch_settings:
-            raise ValueError(f'depth must be one of {sorted(self.arch_settings)} for '
-                             f'{type(self).__name__}, got {depth!r}')
+            raise UnknownDepthError(f'depth must be one of {sorted(self.arch_settings)} for '
+                                    f'{type(self).__name__}, got {depth!r}')
         if not _is_int(num_stages) or not 1 <= num_stages <= 4:
-            raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
+            raise BackboneArgumentError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
         strides = _as_stage_tuple(strides, num_stages, 'strides', lambda v: _is_int(v) and v >= 1,
                                   'positive ints')
         dilations = _as_stage_tuple(dilations, num_stages, 'dilations', lambda v: _is_int(v) and v >= 1,
                                     'positive ints')
         if (isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence)
                 or not out_indices or not all(_is_int(i) and 0 <= i < num_stages for i in out_indices)):
-            raise ValueError(f'out_indices must be a non-empty sequence of stage indices in '
-                             f'[0, {num_stages - 1}], got {out_indices!r}')
+            raise BackboneArgumentError(f'out_indices must be a non-empty sequence of stage indices in '
+                                        f'[0, {num_stages - 1}], got {out_indices!r}')
         if style not in ('pytorch', 'caffe'):
-            raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
+            raise BackboneArgumentError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
         check_norm_cfg(norm_cfg, 'norm_cfg')
         check_norm_cfg(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
-        dcn = resolve_dcn_cfg(dcn, 'dcn')
+        dcn = _resolve_dcn(dcn)
         if dcn is not None:
             stage_with_dcn = _as_stage_tuple(stage_with_dcn, num_stages, 'stage_with_dcn',
                                              lambda v: isinstance(v, bool), 'bools')
@@ -251,8 +275,8 @@ class DCNResNet(ResNet):
         self.dcn_norm_cfg = dcn_norm_cfg if dcn_norm_cfg is not None else norm_cfg
         self._zero_init_blocks = zero_init_residual and init_cfg is None and pretrained is None
         if dcn is not None and conv_cfg is not None and self._num_deformable(stage_with_dcn, last):
-            raise ValueError(f'conv_cfg must be None when some blocks are deformable (as in mmdet), got '
-                             f'conv_cfg={conv_cfg!r}')
+            raise BackboneArgumentError(f'conv_cfg must be None when some blocks are deformable (as in mmdet), '
+                                        f'got conv_cfg={conv_cfg!r}')
         super().__init__(
             depth=depth, in_channels=in_channels, stem_channels=stem_channels,
             base_channels=base_channels, num_stages=num_stages, strides=strides, dilations=dilations,
@@ -361,4 +385,5 @@ class DCNResNeXt(DCNResNet):
         return dict(groups=self.groups, base_width=self.base_width, base_channels=self.base_channels)
 
 
-__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck']
+__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck',
+           'UnknownDepthError', 'BackboneArgumentError', 'BackboneArgumentTypeError']
