@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--image', help='image to check the export on (default: a rendered demo image)')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset, at least 19 (default %(default)s)')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                        help='ONNX opset, at least 19 (default %(default)s)')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='size of the export example (default: the image as the test pipeline resizes it); '
                              'the graph accepts any size')

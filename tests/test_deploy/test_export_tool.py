@@ -56,11 +56,17 @@ def test_tool_exports_and_prints_its_onnxruntime_check(exported):
     assert 'check passed: largest relative difference' in log
 
 
-@pytest.mark.slow
-def test_exported_file_is_standard_onnx_with_dynamic_image_input(exported):
-    import onnx
+@pytest.fixture(scope='module')
+def loaded(exported):
+    """The checkpoint loaded back, its exportable part, and the demo image as the test pipeline prepares it."""
     model = load_detector(CONFIG, exported['checkpoint'])
-    assert len(deform_conv_nodes(exported['out'])) == len(dcn_layers(model)) > 0
+    return model, DetectorExportModule(model).eval(), load_image(model, exported['image'])
+
+
+@pytest.mark.slow
+def test_exported_file_is_standard_onnx_with_dynamic_image_input(exported, loaded):
+    import onnx
+    assert len(deform_conv_nodes(exported['out'])) == len(dcn_layers(loaded[0])) > 0
     proto = onnx.load(exported['out'])
     (image,) = proto.graph.input
     assert image.name == 'image' and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -72,27 +78,31 @@ def test_exported_file_is_standard_onnx_with_dynamic_image_input(exported):
 
 
 @pytest.mark.slow
-def test_exported_file_matches_the_checkpoint_in_pytorch_at_another_size(exported):
-    model = load_detector(CONFIG, exported['checkpoint'])
-    module = DetectorExportModule(model).eval()
-    image = load_image(model, exported['image'])
+def test_exported_file_matches_the_checkpoint_in_pytorch_at_another_size(exported, loaded):
+    _, module, image = loaded
     other = torch.nn.functional.interpolate(image.float(), size=(72, 104)).to(torch.uint8)
     assert_onnxruntime_matches(exported['out'], module, torch.cat([other, other.flip(-1), other.flip(-2)]))
 
 
 @pytest.mark.slow
-def test_graph_preprocessing_and_head_outputs_finish_into_mmdets_detections(exported):
-    model = load_detector(CONFIG, exported['checkpoint'])
-    module = DetectorExportModule(model).eval()
-    image = load_image(model, exported['image'])
+def test_graph_preprocessing_equals_mmdets_data_preprocessor(loaded):
+    model, module, image = loaded
     data = model.data_preprocessor({'inputs': [image[0]], 'data_samples': None}, False)
     torch.testing.assert_close(module.preprocess(image), data['inputs'], rtol=0, atol=0)
 
+
+@pytest.mark.slow
+def test_head_outputs_finish_into_mmdets_own_detections(exported, loaded, tmp_path):
+    import cv2
     from mmdet.apis import inference_detector
-    expected = inference_detector(model, exported['image']).pred_instances
-    meta = dict(image_shape=tuple(image.shape[-2:]))
-    ori_h, ori_w = 200, 256
-    meta['scale_factor'] = (image.shape[-1] / ori_w, image.shape[-2] / ori_h)
+    from dcn_plugin.datasets.demo_shapes import render_image
+    model, module, _ = loaded
+    path = str(tmp_path / 'large.png')  # the test pipeline shrinks it: boxes are scaled back
+    cv2.imwrite(path, render_image(np.random.default_rng(4), 300, 410)[0])
+    image = load_image(model, path)
+    meta = dict(image_shape=tuple(image.shape[-2:]), scale_factor=(image.shape[-1] / 410, image.shape[-2] / 300))
+    assert meta['scale_factor'][0] < 1
+    expected = inference_detector(model, path).pred_instances
     with torch.no_grad():
         ours = detections_from_outputs(module, module(image), **meta)
     assert len(ours) == len(expected) > 0
@@ -154,6 +164,7 @@ def test_one_stage_detectors_export_their_box_head_outputs():
     with torch.no_grad():
         outputs = module(image)
         cls_scores, bbox_preds = detector._forward(module.preprocess(image))
-    assert module.output_names[5:] == [f'head_cls_score_{i}' for i in range(5)] + [f'head_bbox_pred_{i}' for i in range(5)]
+    assert module.output_names[5:] == ([f'head_cls_score_{i}' for i in range(5)]
+                                       + [f'head_bbox_pred_{i}' for i in range(5)])
     for ours, theirs in zip(outputs[5:], list(cls_scores) + list(bbox_preds)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
