@@ -36,8 +36,9 @@ __all__ = ['MIN_OPSET', 'DEFAULT_OPSET', 'TRANSLATED_OPERATORS', 'UnsupportedOpe
 
 #: ``DeformConv`` entered the standard operator set in opset 19.
 MIN_OPSET = 19
-#: The opset :func:`export_onnx` targets by default: the oldest with ``DeformConv``, so the file runs
-#: on the widest range of runtimes (onnxruntime >= 1.16).
+#: The opset :func:`export_onnx` targets by default: the oldest with ``DeformConv``, which the widest
+#: range of runtimes accepts (onnxruntime gained a ``DeformConv`` kernel only in recent releases: the
+#: deployment extra asks for one tested here).
 DEFAULT_OPSET = 19
 NAMESPACE = 'dcn_plugin'
 _CONV = 'dcn_plugin::modulated_deform_conv2d'
