@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     print_log(f'exported {" + ".join(check.exported)} to {check.path} (opset {args.opset}; input image uint8 '
               f'[batch, 3, height, width]; {len(check.output_names)} outputs: {", ".join(check.output_names)})',
               logger='current')
+    if check.left_out:
+        print_log(f'left to PyTorch (dcn_plugin.deploy.detector.detections_from_outputs runs them on the file\'s '
+                  f'outputs): {", ".join(check.left_out)}', logger='current')
     for shape, worst in check.results:
         print_log(f'onnxruntime vs PyTorch on {check.image}, input {"x".join(map(str, shape))}: largest difference '
                   f'{worst.max_abs:.3g} ({worst.relative:.3g} of the output\'s largest value) in {worst.name}',

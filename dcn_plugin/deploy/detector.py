@@ -185,6 +185,7 @@ class ExportCheck:
     Attributes:
         path: the ONNX file.
         exported: the parts of the detector in the graph, e.g. ``['backbone', 'neck', 'rpn_head']``.
+        left_out: what stays in PyTorch, e.g. ``['rpn_head post-processing', 'roi_head']``.
         output_names: the graph's outputs, in order.
         image: where the check image came from.
         results: ``(input shape, worst output)`` per checked batch (see :func:`check_detector_export`).
@@ -192,6 +193,7 @@ class ExportCheck:
 
     path: str
     exported: List[str]
+    left_out: List[str]
     output_names: List[str]
     image: str
     results: List[Tuple[Tuple[int, ...], OutputDifference]] = field(default_factory=list)
@@ -234,9 +236,13 @@ def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Op
     batches = [torch.cat([example, example.flip(-1)]), prepared,
                resize_image(prepared, max(1, round(h * 0.75)), max(1, round(w * 1.25)))]
     exported = ['backbone'] + (['neck'] if getattr(model, 'with_neck', False) else [])
+    left_out = []
     if module.head is not None:
-        exported.append('rpn_head' if module.head_prefix == 'rpn' else 'bbox_head')
-    return ExportCheck(path=out, exported=exported, output_names=list(module.output_names),
+        head = 'rpn_head' if module.head_prefix == 'rpn' else 'bbox_head'
+        exported.append(head)
+        left_out.append(f'{head} post-processing')
+    left_out += [name for name in ('roi_head',) if getattr(model, name, None) is not None]
+    return ExportCheck(path=out, exported=exported, left_out=left_out, output_names=list(module.output_names),
                        image=image if image is not None else 'a rendered demo image (seed 0)',
                        results=check_detector_export(module, out, batches))
 

@@ -51,6 +51,8 @@ def test_tool_exports_and_prints_its_onnxruntime_check(exported):
     assert exported['result'].returncode == 0, exported['log'][-4000:]
     log = exported['log']
     assert 'exported backbone + neck + rpn_head to' in log
+    assert 'left to PyTorch (dcn_plugin.deploy.detector.detections_from_outputs runs them on the file\'s outputs): ' \
+           'rpn_head post-processing, roi_head' in log
     for shape in ('2x3x96x128', '1x3x200x256', '1x3x150x320'):  # export batch, pipeline image, third size
         assert f'onnxruntime vs PyTorch on {exported["image"]}, input {shape}: largest difference' in log, log[-3000:]
     assert 'check passed: largest relative difference' in log
@@ -123,7 +125,7 @@ def _tool_module():
 def test_tool_exit_status_follows_the_check(monkeypatch, capsys):
     tool = _tool_module()
     diff = deploy.OutputDifference('feat_0', (1, 64, 8, 8), max_abs=2e-3, max_ref=1.0)
-    fake = ExportCheck(path='x.onnx', exported=['backbone'], output_names=['feat_0'], image='img.png',
+    fake = ExportCheck(path='x.onnx', exported=['backbone'], left_out=[], output_names=['feat_0'], image='img.png',
                        results=[((1, 3, 64, 64), diff)])
     monkeypatch.setattr(tool, 'export_and_check', lambda *a, **k: fake)
     assert tool.main([CONFIG, 'ckpt.pth', '--out', 'x.onnx']) == 1  # 2e-3 > default --rtol 1e-4
