@@ -154,6 +154,10 @@ BAD_BACKBONE_ARGS = [
      r'dcn must be None or a dict'),
     (dict(depth=50, dcn=dict(type='DCNv2'), stage_with_dcn=(False, True, True, True),
           conv_cfg=dict(type='Conv2d')), AssertionError, r'conv_cfg must be None'),
+    (dict(depth=50, dcn=dict(type='DCNv3'), stage_with_dcn=(False, True, True, True)), KeyError,
+     r"dcn\['type'\] must be one of"),
+    (dict(depth=50, norm_cfg=dict(type='GN32')), KeyError, r"norm_cfg\['type'\] = 'GN32' is not a registered"),
+    (dict(depth=50, norm_cfg=dict(num_groups=32)), KeyError, r"norm_cfg must be a dict with a 'type' key"),
 ]
 
 
@@ -175,7 +179,9 @@ def test_resnext_unknown_depth_is_a_key_error_as_in_mmdet():
         DCNResNeXt(depth=18)
 
 
-def test_backbone_errors_without_an_mmdet_counterpart_keep_their_plain_types():
+@pytest.mark.parametrize('kwargs', [dict(dcn_last_blocks=-1), dict(norm_cfg=dict(type='LN')),
+                                    dict(dcn=dict(type='Conv2d')), dict(frozen_stages=7)])
+def test_backbone_errors_without_an_mmdet_counterpart_keep_their_plain_types(kwargs):
     with pytest.raises(ValueError) as info:
-        DCNResNet(depth=18, dcn_last_blocks=-1)
+        DCNResNet(depth=18, **kwargs)
     assert not isinstance(info.value, (AssertionError, KeyError))

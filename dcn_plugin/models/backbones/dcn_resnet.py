@@ -24,10 +24,21 @@ _DEFAULT_DCN: ConfigDict = dict(type='MDConv', deform_groups=1, fallback_on_stri
 # Where mmdet's ResNet raises KeyError or AssertionError for a bad argument, ours raise an exception
 # that is also of that type (code written against mmdet catches it) and still a ValueError / TypeError
 # with a message that names the argument.
-class UnknownDepthError(ValueError, KeyError):
+class _UnquotedKeyError(KeyError):
+    __str__ = BaseException.__str__  # KeyError's would print the message quoted
+
+
+class UnknownDepthError(ValueError, _UnquotedKeyError):
     """``depth`` has no architecture: a ValueError, and a KeyError as in mmdet's ResNet."""
 
-    __str__ = ValueError.__str__  # KeyError's would print the message quoted
+
+class UnknownLayerTypeError(ValueError, _UnquotedKeyError):
+    """A ``dcn`` / ``norm_cfg`` type that is not registered: a ValueError, and a KeyError as mmcv's layer
+    builders raise in mmdet's ResNet."""
+
+
+class LayerTypeMissingError(TypeError, _UnquotedKeyError):
+    """A norm config without ``'type'``: a TypeError, and a KeyError as mmcv's ``build_norm_layer`` raises."""
 
 
 class BackboneArgumentError(ValueError, AssertionError):
@@ -38,11 +49,44 @@ class BackboneArgumentTypeError(TypeError, AssertionError):
     """A backbone argument of the wrong type: a TypeError, and an AssertionError as in mmdet's ResNet."""
 
 
+def _unregistered(name: Any) -> bool:
+    """Whether mmcv's layer builders would find no layer of this name (they raise KeyError then)."""
+    if not isinstance(name, str):
+        return False
+    from mmengine.registry import MODELS
+    with MODELS.switch_scope_and_registry(None) as registry:
+        return registry.get(name) is None
+
+
+def _layer_cfg_error(error: Exception, cfg: Any) -> Exception:
+    """``error`` (from our check of a layer config), as the type mmdet's ResNet would raise for ``cfg``."""
+    if isinstance(cfg, dict) and isinstance(error, TypeError) and 'type' not in cfg:
+        return LayerTypeMissingError(str(error))
+    if isinstance(cfg, dict) and isinstance(error, ValueError) and _unregistered(cfg.get('type')):
+        return UnknownLayerTypeError(str(error))
+    return error
+
+
+def _check_norm(cfg: Optional[ConfigDict], arg: str, allow_none: bool = False) -> None:
+    try:
+        check_norm_cfg(cfg, arg, allow_none=allow_none)
+    except (TypeError, ValueError) as e:
+        compatible = _layer_cfg_error(e, cfg)
+        if compatible is e:
+            raise
+        raise compatible from None
+
+
 def _resolve_dcn(dcn: Optional[ConfigDict]) -> Optional[ConfigDict]:
     try:
         return resolve_dcn_cfg(dcn, 'dcn')
     except TypeError as e:  # dcn is not a dict: mmdet asserts isinstance(dcn, dict)
         raise BackboneArgumentTypeError(str(e)) from None
+    except ValueError as e:
+        compatible = _layer_cfg_error(e, dcn)
+        if compatible is e:
+            raise
+        raise compatible from None
 
 
 def _check_block_dcn(dcn: Optional[ConfigDict], conv_cfg: Optional[ConfigDict]) -> Optional[ConfigDict]:
@@ -253,8 +297,8 @@ class DCNResNet(ResNet):
             raise BackboneArgumentError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
-        check_norm_cfg(norm_cfg, 'norm_cfg')
-        check_norm_cfg(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
+        _check_norm(norm_cfg, 'norm_cfg')
+        _check_norm(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
         dcn = _resolve_dcn(dcn)
         if dcn is not None:
             stage_with_dcn = _as_stage_tuple(stage_with_dcn, num_stages, 'stage_with_dcn',
@@ -386,4 +430,5 @@ class DCNResNeXt(DCNResNet):
 
 
 __all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck',
-           'UnknownDepthError', 'BackboneArgumentError', 'BackboneArgumentTypeError']
+           'UnknownDepthError', 'UnknownLayerTypeError', 'LayerTypeMissingError', 'BackboneArgumentError',
+           'BackboneArgumentTypeError']
