@@ -44,7 +44,7 @@ class DetectorExportModule(nn.Module):
             whose ``data_preprocessor`` is mmdet's / mmengine's image preprocessor.
 
     Forward: ``image (N, 3, H, W)`` uint8 (or float) in the file's channel order -> a flat tuple of
-    tensors named by :attr:`output_names` (feature maps, then the head's outputs level by level).
+    tensors: the feature maps, then the head's outputs level by level (named by :meth:`output_names`).
     """
 
     def __init__(self, detector: nn.Module) -> None:
@@ -65,8 +65,8 @@ class DetectorExportModule(nn.Module):
         else:
             self.head, self.head_prefix = None, ''
         # The preprocessing is mmengine's ImgDataPreprocessor at test time, written with shape arithmetic
-        # that torch.export keeps symbolic (mmdet's preprocessor computes the padded size with numpy,
-        # which would fix the image size of the graph).
+        # that torch.export keeps symbolic (mmdet's preprocessor loops over the images and computes the
+        # padded size with numpy, which fixes the batch and image size of the graph).
         self.flip_channels = bool(getattr(preprocessor, '_channel_conversion', False))
         self.normalize = bool(getattr(preprocessor, '_enable_normalize', False))
         if self.normalize:
@@ -74,7 +74,6 @@ class DetectorExportModule(nn.Module):
             self.register_buffer('std', preprocessor.std.detach().clone().view(1, -1, 1, 1), persistent=False)
         self.pad_size_divisor = int(preprocessor.pad_size_divisor)
         self.pad_value = float(preprocessor.pad_value)
-        self.output_names: List[str] = []
 
     def preprocess(self, image: Tensor) -> Tensor:
         """``(N, 3, H, W)`` images -> the detector's normalised, padded ``(N, 3, H', W')`` float batch."""
@@ -86,7 +85,7 @@ class DetectorExportModule(nn.Module):
         d = self.pad_size_divisor
         return nn.functional.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d), value=self.pad_value)
 
-    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+    def _run(self, image: Tensor) -> Tuple[List[Tensor], List[str]]:
         feats = tuple(self.detector.extract_feat(self.preprocess(image)))
         names = [f'feat_{i}' for i in range(len(feats))]
         outputs: List[Tensor] = list(feats)
@@ -97,8 +96,16 @@ class DetectorExportModule(nn.Module):
             for kind, per_level in zip(kinds, head_outputs):
                 outputs += list(per_level)
                 names += [f'{self.head_prefix}_{kind}_{i}' for i in range(len(per_level))]
-        self.output_names = names
-        return tuple(outputs)
+        return outputs, names
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(self._run(image)[0])
+
+    @torch.no_grad()
+    def output_names(self, image: Tensor) -> List[str]:
+        """The names of :meth:`forward`'s outputs (``feat_0``, ..., ``rpn_cls_score_0``, ...,
+        ``rpn_bbox_pred_0``, ...), found by running it on ``image``."""
+        return self._run(image)[1]
 
 
 def load_detector(config: str, checkpoint: Optional[str], cfg_options: Optional[Dict[str, Any]] = None,
@@ -157,10 +164,8 @@ def export_detector(model: nn.Module, image: Tensor, path: str, opset: int = DEF
         raise ValueError(f'image must be a (1, 3, H, W) tensor, got shape {tuple(image.shape)}')
     module = DetectorExportModule(model).eval()
     example = torch.cat([image, image.flip(-1)])
-    with torch.no_grad():
-        module(example)  # names the outputs
     program = export_onnx(module, (example,), path, dynamic_shapes=DYNAMIC_IMAGE_AXES, opset=opset,
-                          input_names=['image'], output_names=module.output_names, verbose=verbose)
+                          input_names=['image'], output_names=module.output_names(example), verbose=verbose)
     return module, program
 
 
@@ -242,7 +247,7 @@ def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Op
         exported.append(head)
         left_out.append(f'{head} post-processing')
     left_out += [name for name in ('roi_head',) if getattr(model, name, None) is not None]
-    return ExportCheck(path=out, exported=exported, left_out=left_out, output_names=list(module.output_names),
+    return ExportCheck(path=out, exported=exported, left_out=left_out, output_names=module.output_names(prepared),
                        image=image if image is not None else 'a rendered demo image (seed 0)',
                        results=check_detector_export(module, out, batches))
 
@@ -267,9 +272,9 @@ def detections_from_outputs(module: DetectorExportModule, outputs: Sequence[Any]
     if module.head_prefix != 'rpn':
         raise ValueError(f'detections_from_outputs needs a two-stage detector with an RPN, got '
                          f'{type(detector).__name__}')
-    if len(outputs) != len(module.output_names):
-        raise ValueError(f'expected the {len(module.output_names)} outputs {module.output_names}, '
-                         f'got {len(outputs)}')
+    if len(outputs) == 0 or len(outputs) % 3:
+        raise ValueError(f'expected the exported outputs (feature maps, RPN scores and RPN box deltas, one of '
+                         f'each per level), got {len(outputs)} outputs')
     tensors = [o if isinstance(o, Tensor) else torch.from_numpy(np.asarray(o)) for o in outputs]
     levels = len(tensors) // 3
     feats, cls_scores, bbox_preds = tensors[:levels], tensors[levels:2 * levels], tensors[2 * levels:]

@@ -113,6 +113,8 @@ def test_head_outputs_finish_into_mmdets_own_detections(exported, loaded, tmp_pa
     # the same from onnxruntime's outputs: the deployable path (graph + mmdet's post-processing)
     from_file = detections_from_outputs(module, deploy.run_onnxruntime(exported['out'], image), **meta)
     assert from_file.bboxes.shape[1] == 4 and len(from_file) > 0
+    with pytest.raises(ValueError, match='expected the exported outputs'):
+        detections_from_outputs(module, module(image)[:5], **meta)
 
 
 def _tool_module():
@@ -166,7 +168,7 @@ def test_one_stage_detectors_export_their_box_head_outputs():
     with torch.no_grad():
         outputs = module(image)
         cls_scores, bbox_preds = detector._forward(module.preprocess(image))
-    assert module.output_names[5:] == ([f'head_cls_score_{i}' for i in range(5)]
-                                       + [f'head_bbox_pred_{i}' for i in range(5)])
+    assert module.output_names(image) == ([f'feat_{i}' for i in range(5)] + [f'head_cls_score_{i}' for i in range(5)]
+                                          + [f'head_bbox_pred_{i}' for i in range(5)])
     for ours, theirs in zip(outputs[5:], list(cls_scores) + list(bbox_preds)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
