@@ -69,6 +69,9 @@ setup(
     package_data={'dcn_plugin': ['ops/csrc/**/*']},
     python_requires='>=3.10',
     install_requires=['torch>=2.6'],
+    # ONNX export (dcn_plugin.deploy, tools/export_onnx.py): pip install '.[deploy]'. Lower bounds are the
+    # versions tested; onnxruntime runs the standard DeformConv on the CPU in those releases.
+    extras_require={'deploy': ['onnx>=1.23', 'onnxscript>=0.7', 'onnxruntime>=1.32']},
     ext_modules=extensions(),
     cmdclass={'build_ext': cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)},
     options={'bdist_wheel': {'py_limited_api': 'cp310'}},

@@ -73,9 +73,10 @@ fi
 # build tools for our extension and mmcv. torch needs setuptools>=77; mmengine 0.10 finds 'mmdet::'
 # base configs through pkg_resources, which setuptools 81 removed: keep it below 81 (mmcv's setup.py
 # is patched below and needs neither).
-if ! have "setuptools;>=77,<81" wheel ninja numpy pytest "mmengine;>=0.10.5,<0.11" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil; then
+# (onnx, onnxscript, onnxruntime: the package's 'deploy' extra, for ONNX export and its tests)
+if ! have "setuptools;>=77,<81" wheel ninja numpy pytest "mmengine;>=0.10.5,<0.11" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil "onnx;>=1.23" "onnxscript;>=0.7" "onnxruntime;>=1.32"; then
   log "installing build and runtime requirements"
-  vpip install "setuptools>=77,<81" wheel ninja numpy pytest pytest-timeout "$MMENGINE_SPEC" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil opencv-python-headless
+  vpip install "setuptools>=77,<81" wheel ninja numpy pytest pytest-timeout "$MMENGINE_SPEC" pycocotools six scipy terminaltables shapely tqdm matplotlib psutil opencv-python-headless "onnx>=1.23" "onnxscript>=0.7" "onnxruntime>=1.32"
 fi
 
 CUDA_HOME_FOUND="$(find_cuda_home || true)"

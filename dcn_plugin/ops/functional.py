@@ -16,7 +16,7 @@ here) and Meta kernels (in C++, with the kernels' validator), so ``torch.compile
 module only turns Python arguments (ints or pairs) into the operator's.
 """
 from numbers import Integral
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -25,27 +25,54 @@ from . import _library
 
 _library.load()
 
-IntPair = Union[int, Sequence[int]]
+#: An int (the same value for height and width) or a pair ``(h, w)``. Spelled as a union TorchScript
+#: compiles, so the functions below script as they are (``torch.jit.script``).
+IntPair = Union[int, Tuple[int, int], List[int]]
 _OP = 'dcn_plugin::modulated_deform_conv2d'
 _BWD = torch.ops.dcn_plugin.modulated_deform_conv2d_backward
 
 
-def _pair(value: IntPair, name: str) -> List[int]:
-    if isinstance(value, (bool, torch.Tensor)) or not isinstance(value, (Integral, Sequence)):
-        raise TypeError(f'{name} must be an int or a pair of ints, got {value!r}')
+def _python_ints(value: Any) -> List[int]:
+    """Eager-mode conversion: ``[v, v]`` for an int, the ints of a sequence of ints, ``[]`` otherwise
+    (bools, floats, tensors, strings, sequences holding anything but ints)."""
+    if isinstance(value, (bool, torch.Tensor, str, bytes)):
+        return []
     if isinstance(value, Integral):
         return [int(value), int(value)]
-    vals = list(value)
-    if len(vals) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in vals):
-        raise TypeError(f'{name} must be an int or a pair of ints, got {value!r}')
-    return [int(v) for v in vals]
+    if isinstance(value, Sequence) and all(isinstance(v, Integral) and not isinstance(v, bool) for v in value):
+        return [int(v) for v in value]
+    return []
 
 
-def _check_tensors(**tensors: Optional[Tensor]) -> None:
-    # Python-level types only: every rule on the tensors themselves is checked by the operator (C++).
-    for name, t in tensors.items():
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f'{name} must be a torch.Tensor, got {type(t).__name__}')
+def _scripted_ints(value: IntPair) -> List[int]:
+    # TorchScript's types already guarantee ints; lists of another length are refused by _pair
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, list):
+        return value
+    return [value[0], value[1]]
+
+
+def _pair(value: IntPair, name: str) -> List[int]:
+    """``value`` as ``[h, w]``; a TypeError naming the argument unless it is an int or a pair of ints."""
+    if torch.jit.is_scripting():
+        pair = _scripted_ints(value)
+    else:
+        pair = _python_ints(value)
+    if len(pair) != 2:
+        raise TypeError(f'{name} must be an int or a pair of ints, got {value}')
+    return pair
+
+
+def _check_python_args(**args: Any) -> None:
+    # Python-level types only: every rule on the tensors and values themselves is checked by the
+    # operator (C++). TorchScript's types make these checks unnecessary in scripted code.
+    for name, v in args.items():
+        if name in ('groups', 'deform_groups'):
+            if isinstance(v, bool) or not isinstance(v, Integral):
+                raise TypeError(f'{name} must be an int, got {v!r}')
+        elif v is not None and not isinstance(v, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(v).__name__}')
 
 
 def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor,
@@ -53,7 +80,8 @@ def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Optional[Tensor
                             dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1) -> Tensor:
     """Modulated deformable convolution (DCNv2); with ``mask=None``, deformable convolution (DCNv1).
 
-    Argument order follows mmcv's ``modulated_deform_conv2d``.
+    Same arguments, in the same order, as mmcv's ``modulated_deform_conv2d``. Scriptable
+    (``torch.jit.script``) and exportable to ONNX (``DeformConv``, see :mod:`dcn_plugin.deploy`).
 
     Args:
         input: ``(N, C, H, W)``; any strides (channels_last included).
@@ -73,22 +101,60 @@ def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Optional[Tensor
     CUDA (like ``conv2d``) and in float32 on CPU; the result is in that dtype.
     """
     stride_, padding_, dilation_ = _pair(stride, 'stride'), _pair(padding, 'padding'), _pair(dilation, 'dilation')
-    _check_tensors(input=input, offset=offset, mask=mask, weight=weight, bias=bias)
-    for name, v in (('groups', groups), ('deform_groups', deform_groups)):
-        if isinstance(v, bool) or not isinstance(v, Integral):
-            raise TypeError(f'{name} must be an int, got {v!r}')
+    if not torch.jit.is_scripting():
+        _check_python_args(input=input, offset=offset, mask=mask, weight=weight, bias=bias, groups=groups,
+                           deform_groups=deform_groups)
     return torch.ops.dcn_plugin.modulated_deform_conv2d(input, offset, mask, weight, bias, stride_, padding_,
                                                         dilation_, groups, deform_groups)
 
 
-def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
-                  deform_groups: int = 1) -> Tensor:
+def _check_mmcv_args(stride: Any, im2col_step: Any) -> None:
+    # eager mode only (TorchScript's types exclude these mistakes)
+    if isinstance(stride, torch.Tensor):
+        raise TypeError('stride must be an int or a pair of ints, got a Tensor: deform_conv2d takes '
+                        "mmcv's argument order (input, offset, weight, stride, padding, dilation, groups, "
+                        'deform_groups, bias, im2col_step); pass a bias tensor as bias=...')
+    check_im2col_step(im2col_step)
+
+
+def check_im2col_step(im2col_step: Any) -> None:
+    """mmcv's ``im2col_step`` (accepted for compatibility, no effect here) must still be a positive int."""
+    if isinstance(im2col_step, bool) or not isinstance(im2col_step, Integral):
+        raise TypeError(f'im2col_step must be an int (it has no effect), got {im2col_step!r}')
+    if im2col_step < 1:
+        raise ValueError(f'im2col_step must be positive (it has no effect), got {im2col_step}')
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1, padding: IntPair = 0,
+                  dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1,
+                  bias: Union[Tensor, bool, None] = False, im2col_step: int = 32) -> Tensor:
     """Deformable convolution (DCNv1): :func:`modulated_deform_conv2d` without a mask.
 
-    Argument order follows mmcv's ``deform_conv2d`` (offset before weight); shapes as there.
+    Takes mmcv's ``deform_conv2d`` arguments in mmcv's order, so code written for mmcv runs unchanged:
+    ``deform_conv2d(input, offset, weight, stride, padding, dilation, groups, deform_groups, False, 32)``.
+
+    Args:
+        input, offset, weight, stride, padding, dilation, groups, deform_groups: as in
+            :func:`modulated_deform_conv2d`.
+        bias: a ``(O,)`` tensor added to the output, or ``False`` / ``None`` for none. mmcv's function
+            only accepts ``False`` (it has no bias); a tensor is an addition, and ``True`` is refused
+            (a flag carries no values).
+        im2col_step: accepted for mmcv compatibility; it has no effect (mmcv's CUDA kernel processed
+            the batch in chunks of this many images; these kernels choose their own chunking), but
+            must be a positive int.
+
+    Returns:
+        ``(N, O, Ho, Wo)``, as :func:`modulated_deform_conv2d`.
     """
-    return modulated_deform_conv2d(input, offset, None, weight, bias, stride, padding, dilation, groups,
+    if not torch.jit.is_scripting():
+        _check_mmcv_args(stride, im2col_step)
+    bias_tensor: Optional[Tensor] = None
+    if isinstance(bias, Tensor):
+        bias_tensor = bias
+    elif not (bias is None or bias is False):
+        raise TypeError(f'bias must be a torch.Tensor of shape (out_channels,), None or False (no bias), '
+                        f'got {bias}')
+    return modulated_deform_conv2d(input, offset, None, weight, bias_tensor, stride, padding, dilation, groups,
                                    deform_groups)
 
 

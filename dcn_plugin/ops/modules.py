@@ -8,15 +8,24 @@ is installed, so ``build_conv_layer(dict(type='MDConv'), ...)`` and mmdet's
 """
 import importlib.util
 import math
-from typing import Optional, Tuple, Union
+import sys
+import warnings
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .functional import modulated_deform_conv2d
+from .functional import IntPair, check_im2col_step, modulated_deform_conv2d
 
-IntPair = Union[int, Tuple[int, int]]
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a warning raised in this file that points at the first frame outside it
+    (the user's constructor call, through any number of subclass ``__init__``)."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -27,15 +36,26 @@ class ModulatedDeformConv2d(nn.Module):
         kernel_size, stride, padding, dilation: an int or a pair ``(h, w)``.
         groups: convolution groups. deform_groups: offset/mask groups.
         bias: whether to learn a bias (``bias`` parameter of shape ``(O,)``).
+        deformable_groups: mmcv's deprecated name of ``deform_groups``, accepted with mmcv's
+            ``DeprecationWarning`` (keyword only).
 
     Forward ``(x, offset, mask)``: ``x (N, C, H, W)``, ``offset (N, 2*dg*kh*kw, Ho, Wo)``,
-    ``mask (N, dg*kh*kw, Ho, Wo)`` or ``None`` -> ``(N, O, Ho, Wo)``.
+    ``mask (N, dg*kh*kw, Ho, Wo)`` or ``None`` -> ``(N, O, Ho, Wo)``. The modules script
+    (``torch.jit.script``) and export to ONNX's ``DeformConv`` (:mod:`dcn_plugin.deploy`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
                  padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1,
-                 bias: Union[bool, str] = True):
+                 bias: Union[bool, str] = True, *, deformable_groups: Optional[int] = None):
         super().__init__()
+        if deformable_groups is not None:
+            if deform_groups not in (1, deformable_groups):
+                raise TypeError(f'{type(self).__name__}: pass deform_groups or its deprecated alias '
+                                f'deformable_groups, not both (got deform_groups={deform_groups!r}, '
+                                f'deformable_groups={deformable_groups!r})')
+            warnings.warn(f'"deformable_groups" is deprecated in `{type(self).__name__}.__init__`, please use '
+                          '"deform_groups" instead', DeprecationWarning, stacklevel=_caller_stacklevel())
+            deform_groups = deformable_groups
         for name, v in (('in_channels', in_channels), ('out_channels', out_channels),
                         ('groups', groups), ('deform_groups', deform_groups)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -73,7 +93,12 @@ class ModulatedDeformConv2d(nn.Module):
             self.weight.uniform_(-stdv, stdv)
             if self.bias is not None:
                 self.bias.zero_()
-        conv_offset = getattr(self, 'conv_offset', None)  # the Pack variants' offset predictor
+        self.init_offset()
+
+    def init_offset(self) -> None:
+        """Zero the Pack variants' ``conv_offset`` (mmcv's ``DeformConv2dPack.init_offset``): the layer
+        then samples the regular grid (DCNv2: with mask 0.5). No-op without ``conv_offset``."""
+        conv_offset = getattr(self, 'conv_offset', None)
         if conv_offset is not None:
             nn.init.zeros_(conv_offset.weight)
             nn.init.zeros_(conv_offset.bias)
@@ -143,16 +168,25 @@ class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
 class DeformConv2d(ModulatedDeformConv2d):
     """Deformable convolution (DCNv1) with externally supplied offset (mmcv's ``DeformConv2d``).
 
-    Same arguments as :class:`ModulatedDeformConv2d`, but ``bias`` defaults to ``False`` (mmcv's
-    DeformConv2d has none) and ``im2col_step`` is accepted for mmcv compatibility (our kernels need
-    no such chunking: it has no effect). Forward ``(x, offset)``.
+    mmcv's arguments in mmcv's order, ``deformable_groups`` included (deprecated, with mmcv's warning):
+
+    - ``bias`` defaults to ``False``, as in mmcv, whose ``DeformConv2d`` refuses ``bias=True``
+      (AssertionError). Here ``bias=True`` adds a learned ``bias`` ``(O,)`` (zero-initialised), which
+      the operator supports; mmcv checkpoints, which never have one, load unchanged.
+    - ``im2col_step`` is accepted and kept as an attribute, but has no effect: mmcv's CUDA kernel
+      processed the batch in chunks of that many images (and required the batch size to be divisible
+      by it); these kernels choose their own chunking and take any batch size.
+
+    Forward ``(x, offset)``: ``x (N, C, H, W)``, ``offset (N, 2*dg*kh*kw, Ho, Wo)`` -> ``(N, O, Ho, Wo)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
                  padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1,
-                 bias: bool = False, im2col_step: int = 32):
+                 bias: bool = False, im2col_step: int = 32, *, deformable_groups: Optional[int] = None):
+        check_im2col_step(im2col_step)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                         deform_groups, bias)
+                         deform_groups, bias, deformable_groups=deformable_groups)
+        self.im2col_step = im2col_step
 
     def forward(self, x: Tensor, offset: Tensor) -> Tensor:  # type: ignore[override]
         return modulated_deform_conv2d(x, offset, None, self.weight, self.bias, self.stride, self.padding,

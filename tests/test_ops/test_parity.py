@@ -165,7 +165,7 @@ def test_dcnv1_function_equals_modulated_op_with_unit_mask():
     case = Case(mask=True)
     x, offset, mask, weight, bias = case.make()
     ones = torch.ones_like(mask)
-    torch.testing.assert_close(deform_conv2d(x, offset, weight, bias, *case.conv_args()),
+    torch.testing.assert_close(deform_conv2d(x, offset, weight, *case.conv_args(), bias=bias),
                                modulated_deform_conv2d(x, offset, ones, weight, bias, *case.conv_args()))
 
 

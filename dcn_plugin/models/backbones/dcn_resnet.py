@@ -21,11 +21,79 @@ ConfigDict = Dict[str, Any]
 _DEFAULT_DCN: ConfigDict = dict(type='MDConv', deform_groups=1, fallback_on_stride=False)
 
 
+# Where mmdet's ResNet raises KeyError or AssertionError for a bad argument, ours raise an exception
+# that is also of that type (code written against mmdet catches it) and still a ValueError / TypeError
+# with a message that names the argument.
+class _UnquotedKeyError(KeyError):
+    __str__ = BaseException.__str__  # KeyError's would print the message quoted
+
+
+class UnknownDepthError(ValueError, _UnquotedKeyError):
+    """``depth`` has no architecture: a ValueError, and a KeyError as in mmdet's ResNet."""
+
+
+class UnknownLayerTypeError(ValueError, _UnquotedKeyError):
+    """A ``dcn`` / ``norm_cfg`` type that is not registered: a ValueError, and a KeyError as mmcv's layer
+    builders raise in mmdet's ResNet."""
+
+
+class LayerTypeMissingError(TypeError, _UnquotedKeyError):
+    """A norm config without ``'type'``: a TypeError, and a KeyError as mmcv's ``build_norm_layer`` raises."""
+
+
+class BackboneArgumentError(ValueError, AssertionError):
+    """A bad backbone argument value: a ValueError, and an AssertionError as in mmdet's ResNet."""
+
+
+class BackboneArgumentTypeError(TypeError, AssertionError):
+    """A backbone argument of the wrong type: a TypeError, and an AssertionError as in mmdet's ResNet."""
+
+
+def _unregistered(name: Any) -> bool:
+    """Whether mmcv's layer builders would find no layer of this name (they raise KeyError then)."""
+    if not isinstance(name, str):
+        return False
+    from mmengine.registry import MODELS
+    with MODELS.switch_scope_and_registry(None) as registry:
+        return registry.get(name) is None
+
+
+def _layer_cfg_error(error: Exception, cfg: Any) -> Exception:
+    """``error`` (from our check of a layer config), as the type mmdet's ResNet would raise for ``cfg``."""
+    if isinstance(cfg, dict) and isinstance(error, TypeError) and 'type' not in cfg:
+        return LayerTypeMissingError(str(error))
+    if isinstance(cfg, dict) and isinstance(error, ValueError) and _unregistered(cfg.get('type')):
+        return UnknownLayerTypeError(str(error))
+    return error
+
+
+def _check_norm(cfg: Optional[ConfigDict], arg: str, allow_none: bool = False) -> None:
+    try:
+        check_norm_cfg(cfg, arg, allow_none=allow_none)
+    except (TypeError, ValueError) as e:
+        compatible = _layer_cfg_error(e, cfg)
+        if compatible is e:
+            raise
+        raise compatible from None
+
+
+def _resolve_dcn(dcn: Optional[ConfigDict]) -> Optional[ConfigDict]:
+    try:
+        return resolve_dcn_cfg(dcn, 'dcn')
+    except TypeError as e:  # dcn is not a dict: mmdet asserts isinstance(dcn, dict)
+        raise BackboneArgumentTypeError(str(e)) from None
+    except ValueError as e:
+        compatible = _layer_cfg_error(e, dcn)
+        if compatible is e:
+            raise
+        raise compatible from None
+
+
 def _check_block_dcn(dcn: Optional[ConfigDict], conv_cfg: Optional[ConfigDict]) -> Optional[ConfigDict]:
-    dcn = resolve_dcn_cfg(dcn)
+    dcn = _resolve_dcn(dcn)
     if dcn is not None and conv_cfg is not None:
-        raise ValueError(f'conv_cfg must be None in a deformable block (the deformable convs are set by '
-                         f'dcn), got conv_cfg={conv_cfg!r}')
+        raise BackboneArgumentError(f'conv_cfg must be None in a deformable block (the deformable convs are '
+                                    f'set by dcn), got conv_cfg={conv_cfg!r}')
     return dcn
 
 
@@ -99,8 +167,8 @@ def _as_stage_tuple(value: Any, num_stages: int, arg: str, check: Any, expected:
         raise TypeError(f'{arg} must be a sequence of {num_stages} {expected} (one per stage), '
                         f'got {value!r}')
     if len(value) != num_stages:
-        raise ValueError(f'{arg} must have num_stages = {num_stages} entries, got {len(value)}: '
-                         f'{tuple(value)!r}')
+        raise BackboneArgumentError(f'{arg} must have num_stages = {num_stages} entries, got {len(value)}: '
+                                    f'{tuple(value)!r}')
     if not all(check(v) for v in value):
         raise ValueError(f'{arg} must contain {expected}, got {tuple(value)!r}')
     return tuple(value)
@@ -213,25 +281,25 @@ class DCNResNet(ResNet):
                  pretrained: Optional[str] = None,
                  init_cfg: Union[None, ConfigDict, List[ConfigDict]] = None) -> None:
         if depth not in self.arch_settings:
-            raise ValueError(f'depth must be one of {sorted(self.arch_settings)} for '
-                             f'{type(self).__name__}, got {depth!r}')
+            raise UnknownDepthError(f'depth must be one of {sorted(self.arch_settings)} for '
+                                    f'{type(self).__name__}, got {depth!r}')
         if not _is_int(num_stages) or not 1 <= num_stages <= 4:
-            raise ValueError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
+            raise BackboneArgumentError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
         strides = _as_stage_tuple(strides, num_stages, 'strides', lambda v: _is_int(v) and v >= 1,
                                   'positive ints')
         dilations = _as_stage_tuple(dilations, num_stages, 'dilations', lambda v: _is_int(v) and v >= 1,
                                     'positive ints')
         if (isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence)
                 or not out_indices or not all(_is_int(i) and 0 <= i < num_stages for i in out_indices)):
-            raise ValueError(f'out_indices must be a non-empty sequence of stage indices in '
-                             f'[0, {num_stages - 1}], got {out_indices!r}')
+            raise BackboneArgumentError(f'out_indices must be a non-empty sequence of stage indices in '
+                                        f'[0, {num_stages - 1}], got {out_indices!r}')
         if style not in ('pytorch', 'caffe'):
-            raise ValueError(f"style must be 'pytorch' or 'caffe', got {style!r}")
+            raise BackboneArgumentError(f"style must be 'pytorch' or 'caffe', got {style!r}")
         if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
-        check_norm_cfg(norm_cfg, 'norm_cfg')
-        check_norm_cfg(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
-        dcn = resolve_dcn_cfg(dcn, 'dcn')
+        _check_norm(norm_cfg, 'norm_cfg')
+        _check_norm(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
+        dcn = _resolve_dcn(dcn)
         if dcn is not None:
             stage_with_dcn = _as_stage_tuple(stage_with_dcn, num_stages, 'stage_with_dcn',
                                              lambda v: isinstance(v, bool), 'bools')
@@ -251,8 +319,8 @@ class DCNResNet(ResNet):
         self.dcn_norm_cfg = dcn_norm_cfg if dcn_norm_cfg is not None else norm_cfg
         self._zero_init_blocks = zero_init_residual and init_cfg is None and pretrained is None
         if dcn is not None and conv_cfg is not None and self._num_deformable(stage_with_dcn, last):
-            raise ValueError(f'conv_cfg must be None when some blocks are deformable (as in mmdet), got '
-                             f'conv_cfg={conv_cfg!r}')
+            raise BackboneArgumentError(f'conv_cfg must be None when some blocks are deformable (as in mmdet), '
+                                        f'got conv_cfg={conv_cfg!r}')
         super().__init__(
             depth=depth, in_channels=in_channels, stem_channels=stem_channels,
             base_channels=base_channels, num_stages=num_stages, strides=strides, dilations=dilations,
@@ -361,4 +429,6 @@ class DCNResNeXt(DCNResNet):
         return dict(groups=self.groups, base_width=self.base_width, base_channels=self.base_channels)
 
 
-__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck']
+__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck',
+           'UnknownDepthError', 'UnknownLayerTypeError', 'LayerTypeMissingError', 'BackboneArgumentError',
+           'BackboneArgumentTypeError']
