@@ -141,7 +141,9 @@ class _RestoreBeforeFetch:
             self._on_fetch()
         return next(self._iterator)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # the loop's iterator attributes (epoch, dataloader, ...)
+        if name == '_iterator':
+            raise AttributeError(name)
         return getattr(self._iterator, name)
 
 
