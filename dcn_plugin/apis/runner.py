@@ -8,7 +8,6 @@ Importing this module lets mmengine find ``mmdet::`` base configs without ``pkg_
 import contextlib
 import datetime
 import json
-import os
 import os.path as osp
 from typing import Any, Dict, Iterator, Mapping, Optional
 

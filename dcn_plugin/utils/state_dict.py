@@ -51,7 +51,8 @@ class StateDictDiff:
 
         lines = []
         if self.missing:
-            lines.append(f'{len(self.missing)} key(s) of the model are missing from the checkpoint: {few(self.missing)}')
+            lines.append(f'{len(self.missing)} key(s) of the model are missing from the checkpoint: '
+                         f'{few(self.missing)}')
         if self.unexpected:
             lines.append(f'{len(self.unexpected)} key(s) of the checkpoint are not in the model: '
                          f'{few(self.unexpected)}')
