@@ -176,6 +176,8 @@ def checkpoint_problem(path: Union[str, os.PathLike]) -> Optional[str]:
         return 'does not exist'
     if osp.isdir(path):
         return 'is a directory, not a checkpoint file'
+    if not osp.isfile(path):  # a FIFO or device would block or never end
+        return 'is not a regular file'
     try:
         with open(path, 'rb') as f:
             return _stream_problem(f)

@@ -356,6 +356,10 @@ def test_intact_and_legacy_files_pass_and_missing_ones_are_named(tmp_path, good_
     torch.testing.assert_close(load_checkpoint_file(tmp_path / 'legacy.pth')['w'], torch.ones(2))
     assert checkpoint_problem(tmp_path / 'nothing.pth') == 'does not exist'
     assert 'directory' in checkpoint_problem(tmp_path)
+    os.mkfifo(tmp_path / 'fifo.pth')  # reading it would block forever
+    assert checkpoint_problem(tmp_path / 'fifo.pth') == 'is not a regular file'
+    with pytest.raises(FileNotFoundError, match='is not a file'):
+        load_checkpoint_file(tmp_path / 'fifo.pth')
     with pytest.raises(FileNotFoundError, match='nothing.pth does not exist'):
         load_checkpoint_file(tmp_path / 'nothing.pth')
 
