@@ -452,7 +452,7 @@ def test_stacking_validates_layers_and_groups_against_the_model():
         stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=4)
     with pytest.raises(ValueError, match='positive integer'):
         stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=0)
-    with pytest.raises(ValueError, match=r'group \(--group\) must be an integer in \[0, 1\)'):
+    with pytest.raises(ValueError, match=r'group \(--group\) must be below 1: the stacked layers have 1 deform'):
         stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=1, group=1)  # was clamped silently
     many = [_record() for _ in range(12)]
     with pytest.raises(ValueError, match=f'more than {MAX_STACKED_POINTS} sampling points'):

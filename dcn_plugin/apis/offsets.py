@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..ops import DeformConv2dPack, ModulatedDeformConv2dPack
 
 __all__ = ['DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations',
-           'check_num_layers', 'MAX_STACKED_POINTS']
+           'check_num_layers', 'check_group', 'MAX_STACKED_POINTS']
 
 #: the most sampling points stacked for one position ((kh*kw)**num_layers): 9**5 for 3x3 kernels.
 #: The count grows geometrically with the layers (9**12 points would need hundreds of GB).
@@ -136,6 +136,16 @@ def check_num_layers(num_layers: int, available: Optional[int] = None,
                              f'at most {i} layer(s)')
 
 
+def check_group(group: int, groups: Optional[int] = None) -> None:
+    """Raise ``ValueError`` unless ``group`` is a deform group index: a non-negative integer, below
+    ``groups`` (the stacked layers' ``deform_groups``) when that is known."""
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 0:
+        raise ValueError(f'group (--group) must be a non-negative integer, got {group!r}')
+    if groups is not None and group >= groups:
+        raise ValueError(f'group (--group) must be below {groups}: the stacked layers have {groups} deform group(s); '
+                         f'got {group!r}')
+
+
 def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[float],
                              input_hw: Tuple[int, int], num_layers: int = 3, group: int = 0
                              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,10 +171,7 @@ def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[fl
     check_num_layers(num_layers, len(records),
                      [r.kernel_size[0] * r.kernel_size[1] for r in records[::-1]])
     chain = records[-num_layers:][::-1]  # last layer first
-    groups = min(r.offset.shape[0] for r in chain)
-    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < groups:
-        raise ValueError(f'group (--group) must be an integer in [0, {groups}): the stacked layers have {groups} '
-                         f'deform group(s); got {group!r}')
+    check_group(group, min(r.offset.shape[0] for r in chain))
     H, W = input_hw
 
     def stride_of(hw):  # pixels per map cell

@@ -8,7 +8,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .offsets import check_num_layers, draw_sampling_locations, record_dcn_layers, stack_sampling_locations
+from .offsets import (check_group, check_num_layers, draw_sampling_locations, record_dcn_layers,
+                      stack_sampling_locations)
 
 __all__ = ['visualize_offsets', 'load_model_checkpoint', 'MAX_PANELS']
 
@@ -54,8 +55,7 @@ def load_model_checkpoint(model, checkpoint: str, allow_partial_load: bool = Fal
 def _check_arguments(points: Optional[Sequence[Tuple[float, float]]], num_layers: int, group: int,
                      score_thr: float, topk: int, upscale: int, layers: str) -> None:
     check_num_layers(num_layers)
-    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 0:
-        raise ValueError(f'group (--group) must be a non-negative integer, got {group!r}')
+    check_group(group)
     if not isinstance(score_thr, (int, float)) or not 0.0 <= float(score_thr) <= 1.0:
         raise ValueError(f'score_thr (--score-thr) must be a number in [0, 1], got {score_thr!r}')
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= MAX_PANELS:
