@@ -70,6 +70,8 @@ class AtomicCheckpointHook(CheckpointHook):
             if skipped:
                 runner.logger.warning(f'no intact checkpoint in {runner.work_dir} to resume from: training starts '
                                       'from scratch')
+            else:
+                runner.logger.info(f'no checkpoint in {runner.work_dir} to resume from: training starts from scratch')
             runner._resume = False  # mmengine would try the file last_checkpoint names
         else:
             if skipped:
