@@ -2,8 +2,11 @@
 
 Importing the package registers everything: the ``torch.ops.dcn_plugin`` operators, the
 ``'MDConv'`` / ``'DConv'`` conv layers in mmengine's ``MODELS`` (when mmengine is installed) and the
-backbones, necks and norm layers in mmdet's registries (when mmdet is installed). The operator and
-its modules need nothing but torch.
+backbones, necks, norm layers and training hooks in mmdet's / mmengine's registries (when mmdet is
+installed). With mmengine installed it also makes every checkpoint path and URL scheme mmengine
+loads (local files, ``https://``, ``torchvision://``, ``open-mmlab://``, ...) go through the
+restricted ``weights_only`` unpickler (:mod:`dcn_plugin.utils.checkpoint`). The operator and its
+modules need nothing but torch.
 """
 import importlib.util
 
@@ -13,8 +16,12 @@ from .ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa
 
 __version__ = '0.1.0'
 
+if importlib.util.find_spec('mmengine') is not None:
+    from .utils.checkpoint import install_checkpoint_loaders
+    install_checkpoint_loaders()  # every checkpoint scheme loads with weights_only=True + the allow-list
 if importlib.util.find_spec('mmdet') is not None and importlib.util.find_spec('mmcv') is not None:
     from . import models  # noqa: F401  (registers backbones, necks, norm layers in mmdet's MODELS)
+    from .apis import hooks  # noqa: F401  (registers AtomicCheckpointHook, TorchRNGStateHook, CheckpointMatchHook)
 if importlib.util.find_spec('mmdet') is not None:
     from . import datasets  # noqa: F401
 

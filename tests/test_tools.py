@@ -5,15 +5,14 @@ import os
 import os.path as osp
 import pickle
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-PY = sys.executable
+from tiny_detector import PY, ROOT, assert_same_training_state, load, run, write_tiny
+
 HAVE_MMDET = all(__import__('importlib').util.find_spec(m) is not None for m in ('mmdet', 'mmcv'))
 needs_mmdet = pytest.mark.skipif(not HAVE_MMDET, reason='needs mmdet and mmcv')
 
@@ -256,68 +255,24 @@ def test_run_demo_script_is_valid_bash_with_help():
 
 
 # --------------------------------------------------------------------------- the tools, end to end (slow)
-TINY_CFG = '''
-_base_ = {base!r}
-data_root = {root!r}
-image_size = 96
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                       dataset=dict(data_root=data_root, pipeline=test_pipeline))
-test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-train_cfg = dict(max_iters=4)
-model = dict(test_cfg=dict(rcnn=dict(score_thr=0.0)))  # 4 iterations: keep low scores so COCO eval has results
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=2, end=4, eta_min=1e-5),
-]
-default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=-1), logger=dict(interval=1))
-'''
-
-
-def _run(args, cwd=ROOT, timeout=600, env=None):
-    full_env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
-    full_env.update(env or {})
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f'{args} failed ({proc.returncode}):\n{out[-6000:]}'
-    return out
-
-
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """Tiny demo data (96 px), a config that trains on it, and a 4-iteration run of tools/train.py."""
     if not HAVE_MMDET:
         pytest.skip('needs mmdet and mmcv')
-    from dcn_plugin.datasets import generate_demo_dataset
     base = tmp_path_factory.mktemp('tiny')
-    root = str(base / 'data') + '/'
-    generate_demo_dataset(root, seed=1, splits={'train': 8, 'val': 4}, image_size=96)
-    cfg = base / 'tiny_dcn.py'
-    cfg.write_text(TINY_CFG.format(
-        base=osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py'), root=root))
+    made = write_tiny(base)
     straight = base / 'straight'
-    out = _run([PY, 'tools/train.py', str(cfg), '--work-dir', str(straight)])
-    return dict(base=base, root=root, cfg=str(cfg), straight=straight, train_log=out)
+    out = _run([PY, 'tools/train.py', made['cfg'], '--work-dir', str(straight)])
+    return dict(base=base, root=made['root'], cfg=made['cfg'], straight=straight, train_log=out)
 
 
 def _state(path):
-    from dcn_plugin.utils import register_safe_checkpoint_globals
-    register_safe_checkpoint_globals()
-    return torch.load(path, map_location='cpu')  # weights_only default: the safe path
+    return load(str(path))
+
+
+def _run(args, **kwargs):
+    return run(args, **kwargs).out
 
 
 @pytest.mark.slow
@@ -351,16 +306,8 @@ def test_resume_continues_exactly(tiny):
     out = _run([PY, 'tools/train.py', tiny['cfg'], '--work-dir', str(wd), '--resume'])
     assert 'resumed' in out.lower() and 'iter_2.pth' in out
     a, b = _state(tiny['straight'] / 'iter_4.pth'), _state(wd / 'iter_4.pth')
-    assert a['meta']['iter'] == b['meta']['iter'] == 4
-    assert a['state_dict'].keys() == b['state_dict'].keys()
-    for k in a['state_dict']:
-        torch.testing.assert_close(a['state_dict'][k], b['state_dict'][k], rtol=0, atol=0, msg=k)
-    sa, sb = a['optimizer']['state'], b['optimizer']['state']
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        for name in sa[k]:
-            torch.testing.assert_close(sa[k][name], sb[k][name], rtol=0, atol=0)
-    assert a['param_schedulers'] == b['param_schedulers']
+    assert a['meta']['iter'] == 4
+    assert_same_training_state(a, b)
 
 
 @pytest.mark.slow
@@ -403,3 +350,144 @@ def test_package_lookup_without_pkg_resources():
     assert osp.isfile(osp.join(get_installed_path('torch'), '__init__.py'))
     if HAVE_MMDET:
         assert osp.isdir(osp.join(get_installed_path('mmdet'), '.mim', 'configs'))
+
+
+# --------------------------------------------------------------------------- checkpoints that do not fit
+def _plain_checkpoint(tiny, path):
+    """An mmdet-format checkpoint of the tiny config's model with plain convs (no conv_offset)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    from tiny_detector import DEMO_PLAIN
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(tiny['cfg'])
+    cfg.model.backbone.type = 'ResNet'
+    cfg.model.backbone.pop('dcn', None)
+    cfg.model.backbone.pop('stage_with_dcn', None)
+    assert osp.isfile(DEMO_PLAIN)
+    model = MODELS.build(cfg.model)
+    torch.save({'meta': {'epoch': 0, 'iter': 2}, 'state_dict': model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_test_refuses_a_checkpoint_of_another_architecture(tiny):
+    wd = tiny['base'] / 'test_mismatch'
+    plain = _plain_checkpoint(tiny, tiny['base'] / 'plain.pth')
+    proc = run([PY, 'tools/test.py', tiny['cfg'], plain, '--work-dir', str(wd)], check=False)
+    assert proc.returncode == 1, proc.out[-3000:]
+    err = proc.stderr
+    assert f'test.py: error: cannot load checkpoint {plain}: its weights do not fit the model' in err
+    assert 'key(s) of the model are missing from the checkpoint: backbone.layer2.0.conv1.conv_offset.weight' in err
+    assert 'comes from a model with plain convolutions where this one has DCN layers' in err
+    assert '--allow-partial-load' in err and 'Traceback' not in err
+    assert not (wd / 'test_metrics.json').exists()
+    # the explicit opt-in evaluates what fits, with a warning that says what did not
+    out = run([PY, 'tools/test.py', tiny['cfg'], plain, '--work-dir', str(wd), '--allow-partial-load']).out
+    assert 'fits the model only partly' in out and 'bbox_mAP' in out
+    assert (wd / 'test_metrics.json').exists()
+
+
+@pytest.mark.slow
+def test_test_refuses_mis_shaped_weights(tiny):
+    proc = run([PY, 'tools/test.py', tiny['cfg'], str(tiny['straight'] / 'iter_4.pth'), '--work-dir',
+                str(tiny['base'] / 'test_shape'), '--cfg-options', 'model.roi_head.bbox_head.num_classes=3'],
+               check=False)
+    assert proc.returncode == 1
+    assert ('tensor(s) have another shape: roi_head.bbox_head.fc_cls.weight (checkpoint (6, 256), model (4, 256))'
+            in proc.stderr), proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_resuming_a_dcn_run_from_a_plain_checkpoint_says_why_it_cannot(tiny):
+    plain = _plain_checkpoint(tiny, tiny['base'] / 'plain_resume.pth')
+    proc = run([PY, 'tools/train.py', tiny['cfg'], '--work-dir', str(tiny['base'] / 'resume_plain'),
+                '--resume', plain], check=False)
+    assert proc.returncode == 1, proc.out[-3000:]
+    assert f'train.py: error: cannot resume from checkpoint {plain}: its weights do not fit the model' in proc.stderr
+    assert 'plain convolutions where this one has DCN layers' in proc.stderr
+    assert 'optimizer' not in proc.stderr.lower()
+
+
+@needs_mmdet
+def test_visualize_offsets_loads_checkpoints_strictly(tmp_path):
+    from dcn_plugin import ModulatedDeformConv2dPack
+    from dcn_plugin.apis.visualize import load_model_checkpoint
+    from dcn_plugin.utils.state_dict import CheckpointMismatchError
+    model = nn.Sequential(ModulatedDeformConv2dPack(3, 4, 3, padding=1))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
+    torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth')
+    with pytest.raises(CheckpointMismatchError, match=r'0\.conv_offset\.weight.*\n.*plain convolutions'):
+        load_model_checkpoint(model, str(tmp_path / 'plain.pth'), remedy='pass --allow-partial-load')
+    load_model_checkpoint(model, str(tmp_path / 'plain.pth'), allow_partial_load=True)
+    torch.testing.assert_close(model[0].weight.data, plain[0].weight.data)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'dcn.pth')
+    load_model_checkpoint(model, str(tmp_path / 'dcn.pth'))
+
+
+# --------------------------------------------------------------------------- tool arguments
+@pytest.mark.parametrize('args,message', [
+    (['--num-layers', '0'], 'num_layers (--num-layers) must be a positive integer, got 0'),
+    (['--num-layers', '-2'], 'num_layers (--num-layers) must be a positive integer, got -2'),
+    (['--num-layers', '12'], 'use at most 5 layer(s)'),
+    (['--group', '-1'], 'group (--group) must be a non-negative integer'),
+    (['--topk', '0'], 'topk (--topk) must be an integer in [1, 16]'),
+    (['--score-thr', 'nan'], 'score_thr (--score-thr) must be a number in [0, 1]'),
+    (['--score-thr', '1.5'], 'score_thr (--score-thr) must be a number in [0, 1]'),
+    (['--points'] + ['1,1'] * 17, 'points (--points) must list 1 to 16 positions'),
+    (['--layers', '(unclosed'], 'layers (--layers) is not a valid regular expression'),
+])
+def test_visualize_offsets_rejects_bad_arguments_before_any_work(capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        _tool('visualize_offsets').main(['cfg.py', 'ckpt.pth', 'img.png'] + args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_stacking_validates_layers_and_groups_against_the_model():
+    from dcn_plugin.apis.offsets import MAX_STACKED_POINTS, stack_sampling_locations
+    recs = [_record(), _record(), _record()]
+    with pytest.raises(ValueError, match='only 3 deformable layer'):
+        stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=4)
+    with pytest.raises(ValueError, match='positive integer'):
+        stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=0)
+    with pytest.raises(ValueError, match=r'group \(--group\) must be below 1: the stacked layers have 1 deform'):
+        stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=1, group=1)  # was clamped silently
+    many = [_record() for _ in range(12)]
+    with pytest.raises(ValueError, match=f'more than {MAX_STACKED_POINTS} sampling points'):
+        stack_sampling_locations(many, (4, 4), (8, 8), num_layers=12)  # 9**12 points: refused, not allocated
+    pts, _, _ = stack_sampling_locations(many, (4, 4), (8, 8), num_layers=5)
+    assert pts.shape == (9 ** 5, 2)
+
+
+@needs_mmdet
+def test_visualize_offsets_refuses_points_outside_the_image(tiny):
+    from dcn_plugin.apis.visualize import visualize_offsets
+    with pytest.raises(ValueError, match=r'points \(--points\): \(200.0, 5.0\) is outside the 96x96 image'):
+        visualize_offsets(tiny['cfg'], None, osp.join(tiny['root'], 'val', '000000.png'), points=[(200.0, 5.0)])
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--size', '20'], 'image size (--size) must be an integer from 64 to 2048 pixels, got 20; smaller images'),
+    (['--size', '0'], 'image size (--size) must be an integer from 64 to 2048 pixels, got 0'),
+    (['--size', '100000'], 'from 64 to 2048 pixels, got 100000'),
+    (['--train', '-3'], 'number of train images (--train) must be a positive integer, got -3'),
+    (['--train', '0'], 'number of train images (--train) must be a positive integer, got 0'),
+    (['--val', '0'], 'number of val images (--val) must be a positive integer, got 0'),
+    (['--seed', '-1'], 'seed (--seed) must be a non-negative integer, got -1'),
+])
+def test_generate_demo_data_rejects_impossible_sizes_and_counts(tmp_path, capsys, args, message):
+    out = tmp_path / 'demo'
+    with pytest.raises(SystemExit) as e:
+        _tool('generate_demo_data').main(['--out', str(out)] + args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing written
+
+
+def test_generate_demo_data_accepts_the_smallest_size(tmp_path):
+    from dcn_plugin.datasets import MIN_IMAGE_SIZE, demo_dataset_exists
+    _tool('generate_demo_data').main(['--out', str(tmp_path), '--size', str(MIN_IMAGE_SIZE), '--train', '1',
+                                      '--val', '1'])
+    assert demo_dataset_exists(str(tmp_path))

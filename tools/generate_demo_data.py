@@ -11,17 +11,25 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from dcn_plugin.datasets.demo_shapes import DEMO_SPLITS, generate_demo_dataset  # noqa: E402
+from dcn_plugin.datasets.demo_shapes import (DEMO_SPLITS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE,  # noqa: E402
+                                             check_demo_arguments, generate_demo_dataset)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description='Generate the demo dataset')
     parser.add_argument('--out', default='data/demo', help='dataset root (default data/demo)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--train', type=int, default=DEMO_SPLITS['train'], help='number of training images')
-    parser.add_argument('--val', type=int, default=DEMO_SPLITS['val'], help='number of validation images')
-    parser.add_argument('--size', type=int, default=256, help='image side in pixels')
+    parser.add_argument('--seed', type=int, default=0, help='non-negative integer (default 0)')
+    parser.add_argument('--train', type=int, default=DEMO_SPLITS['train'],
+                        help=f'number of training images, at least 1 (default {DEMO_SPLITS["train"]})')
+    parser.add_argument('--val', type=int, default=DEMO_SPLITS['val'],
+                        help=f'number of validation images, at least 1 (default {DEMO_SPLITS["val"]})')
+    parser.add_argument('--size', type=int, default=256,
+                        help=f'image side in pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (default 256)')
     args = parser.parse_args(argv)
+    try:
+        check_demo_arguments(args.size, {'train': args.train, 'val': args.val}, args.seed)
+    except ValueError as e:
+        parser.error(str(e))
     start = time.time()
     written = generate_demo_dataset(args.out, seed=args.seed, splits={'train': args.train, 'val': args.val},
                                     image_size=args.size)

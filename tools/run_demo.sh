@@ -7,7 +7,8 @@
 #   bash tools/run_demo.sh --no-setup # skip tools/setup_env.sh (.venv already set up)
 #
 # Steps: set up .venv (tools/setup_env.sh, idempotent) -> generate data/demo/ if missing ->
-# train (an interrupted run continues where it stopped) -> tools/test.py on val (COCO metrics
+# train (an interrupted run continues from its newest intact checkpoint; a final checkpoint left
+# incomplete by a crash does not count as done) -> tools/test.py on val (COCO metrics
 # table, saved to work_dirs/<config>/test_metrics.json) -> offset visualisation PNG (DCN model).
 # On a busy machine, OMP_NUM_THREADS=1 is much faster than torch's default of one thread per core.
 set -euo pipefail
@@ -22,7 +23,7 @@ for arg in "$@"; do
     --plain) MODEL=plain ;;
     --fresh) FRESH=1 ;;
     --no-setup) SETUP=0 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run_demo.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -58,10 +59,18 @@ if [ "$FRESH" = 1 ] && [ -d "$WORK_DIR" ]; then
 fi
 FINAL="$WORK_DIR/iter_$("$PY" -c "import dcn_plugin.apis as a; print(a.load_config('$CONFIG').train_cfg.max_iters)").pth"
 T0=$(date +%s)
-if [ -f "$FINAL" ]; then
+# the final checkpoint counts only if it is complete (checked without unpickling it)
+PROBLEM=""
+if [ -e "$FINAL" ]; then
+  PROBLEM="$("$PY" -c "import sys; from dcn_plugin.utils.checkpoint import checkpoint_problem as p; print(p(sys.argv[1]) or '')" "$FINAL")"
+fi
+if [ -e "$FINAL" ] && [ -z "$PROBLEM" ]; then
   say "3/5 training: already done ($FINAL; --fresh trains again)"
   CKPT="$FINAL"
 else
+  if [ -n "$PROBLEM" ]; then
+    say "3/5 the final checkpoint $FINAL $PROBLEM: training resumes from the newest intact checkpoint"
+  fi
   say "3/5 training $NAME (continues an interrupted run; log and checkpoints in $WORK_DIR)"
   "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --resume
   CKPT="$(cat "$WORK_DIR/last_checkpoint")"

@@ -1,8 +1,9 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--show-dir DIR] ...``.
 
 Prints the COCO bbox metrics (pycocotools' table, through mmdet's CocoMetric) and saves them as
-``<work dir>/test_metrics.json``. A thin script over mmengine's Runner; the work lives in
-:mod:`dcn_plugin.apis`.
+``<work dir>/test_metrics.json``. The checkpoint must fit the model exactly (otherwise the keys that
+differ are listed and the exit status is 1) unless ``--allow-partial-load`` is given. A thin script
+over mmengine's Runner; the work lives in :mod:`dcn_plugin.apis`.
 """
 import argparse
 import os
@@ -13,14 +14,17 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from dcn_plugin.apis import (build_runner, load_config, save_metrics, setup_test_cfg,  # noqa: E402
-                             teardown_distributed)
+from dcn_plugin.apis import (build_runner, exit_on_user_error, load_config, save_metrics,  # noqa: E402
+                             setup_test_cfg, teardown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or URL (https://, torchvision://, open-mmlab://, ...)')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='evaluate even if the checkpoint fits the model only partly (missing, unexpected or '
+                             'mis-shaped keys are then only warned about)')
     parser.add_argument('--work-dir', help='where metrics and logs go (default: work_dirs/<config name>)')
     parser.add_argument('--out', help='also dump the raw predictions to this .pkl file')
     parser.add_argument('--show', action='store_true', help='show the detections in a window')
@@ -38,15 +42,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    setup_test_cfg(cfg, args.checkpoint, show_dir=args.show_dir, show=args.show, wait_time=args.wait_time)
-    runner = build_runner(cfg)
-    if args.out is not None:
-        if not args.out.endswith(('.pkl', '.pickle')):
-            raise SystemExit('--out must name a .pkl or .pickle file')
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise SystemExit('--out must name a .pkl or .pickle file')
+    with exit_on_user_error('test.py'):
+        cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+        setup_test_cfg(cfg, args.checkpoint, show_dir=args.show_dir, show=args.show, wait_time=args.wait_time)
+        runner = build_runner(cfg, strict_load=not args.allow_partial_load,
+                              load_remedy='To evaluate with the weights that fit anyway, pass --allow-partial-load.')
+        if args.out is not None:
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        metrics = runner.test()
     save_metrics(metrics, cfg.work_dir, checkpoint=args.checkpoint, config=args.config)
     teardown_distributed()
     return metrics

@@ -12,7 +12,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from dcn_plugin.apis import build_runner, load_config, setup_train_cfg, teardown_distributed  # noqa: E402
+from dcn_plugin.apis import (build_runner, exit_on_user_error, load_config, setup_train_cfg,  # noqa: E402
+                             teardown_distributed)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,7 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (needs a GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale the LR with the total batch size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from this checkpoint, or without a path from the latest one in the work dir')
+                        help='resume from this checkpoint, or without a path from the newest intact one in the work '
+                             'dir (a truncated or corrupt newest checkpoint is skipped with a warning)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value (e.g. data_root=/data/coco/ '
                              'train_cfg.max_iters=100)')
@@ -36,10 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    setup_train_cfg(cfg, amp=args.amp, resume=args.resume, auto_scale_lr=args.auto_scale_lr)
-    runner = build_runner(cfg)
-    runner.train()
+    with exit_on_user_error('train.py'):
+        cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+        setup_train_cfg(cfg, amp=args.amp, resume=args.resume, auto_scale_lr=args.auto_scale_lr)
+        runner = build_runner(cfg)
+        runner.train()
     teardown_distributed()
 
 

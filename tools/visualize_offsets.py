@@ -6,6 +6,8 @@ The locations of the last ``--num-layers`` deformable layers of the backbone are
 sampling point of one layer is an output unit of the layer before, as in the DCN papers' figures),
 coloured by the product of the modulation weights for DCNv2. Default positions: the centres of the
 top detections. The PNG goes under work_dirs/visualize_offsets/ unless --out says otherwise.
+The points multiply by 9 per stacked layer (3x3 kernels): --num-layers is limited to 5 (59049 points
+per position) and to the number of deformable layers found; at most 16 positions are drawn.
 """
 import argparse
 import os.path as osp
@@ -16,6 +18,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
+from dcn_plugin.apis import exit_on_user_error  # noqa: E402
 from dcn_plugin.apis.visualize import visualize_offsets  # noqa: E402
 
 
@@ -30,22 +33,31 @@ def _point(text: str):
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description='Visualise deformable conv sampling locations')
     parser.add_argument('config')
-    parser.add_argument('checkpoint')
+    parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('image')
-    parser.add_argument('--points', nargs='+', type=_point, help='output positions X,Y in image pixels')
-    parser.add_argument('--num-layers', type=int, default=3, help='consecutive DCN layers to stack')
+    parser.add_argument('--points', nargs='+', type=_point,
+                        help='output positions X,Y in image pixels (1 to 16; default: the top detections)')
+    parser.add_argument('--num-layers', type=int, default=3,
+                        help='consecutive DCN layers to stack (1 to 5, and at most the number found; default 3)')
     parser.add_argument('--layers', default='backbone', help='regex on module names of the layers to use')
-    parser.add_argument('--group', type=int, default=0, help='deform group whose offsets are followed')
-    parser.add_argument('--score-thr', type=float, default=0.3)
-    parser.add_argument('--topk', type=int, default=3, help='detections used as default positions')
+    parser.add_argument('--group', type=int, default=0,
+                        help='deform group whose offsets are followed (below the layers\' deform_groups)')
+    parser.add_argument('--score-thr', type=float, default=0.3, help='detection score threshold in [0, 1]')
+    parser.add_argument('--topk', type=int, default=3, help='detections used as default positions (1 to 16)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--out', help='PNG path (default under work_dirs/visualize_offsets/)')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='draw even if the checkpoint fits the model only partly')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
-    path = visualize_offsets(args.config, args.checkpoint, args.image, out=args.out, points=args.points,
-                             num_layers=args.num_layers, layers=args.layers, group=args.group,
-                             score_thr=args.score_thr, topk=args.topk, device=args.device,
-                             cfg_options=args.cfg_options)
+    with exit_on_user_error('visualize_offsets.py'):
+        try:
+            path = visualize_offsets(args.config, args.checkpoint, args.image, out=args.out, points=args.points,
+                                     num_layers=args.num_layers, layers=args.layers, group=args.group,
+                                     score_thr=args.score_thr, topk=args.topk, device=args.device,
+                                     cfg_options=args.cfg_options, allow_partial_load=args.allow_partial_load)
+        except ValueError as e:
+            parser.error(str(e))
     print_log(f'offset visualisation written to {path}', logger='current')
     return path
 

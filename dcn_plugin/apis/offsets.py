@@ -21,7 +21,12 @@ from torch import Tensor, nn
 
 from ..ops import DeformConv2dPack, ModulatedDeformConv2dPack
 
-__all__ = ['DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations']
+__all__ = ['DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations',
+           'check_num_layers', 'check_group', 'MAX_STACKED_POINTS']
+
+#: the most sampling points stacked for one position ((kh*kw)**num_layers): 9**5 for 3x3 kernels.
+#: The count grows geometrically with the layers (9**12 points would need hundreds of GB).
+MAX_STACKED_POINTS = 9 ** 5
 
 
 @dataclass
@@ -106,6 +111,41 @@ def _sample_maps(maps: Tensor, yx: Tensor) -> Tensor:
     return out[0, :, 0].t()
 
 
+def check_num_layers(num_layers: int, available: Optional[int] = None,
+                     points_per_layer: Sequence[int] = (9,)) -> None:
+    """Raise ``ValueError`` unless ``num_layers`` is a positive integer, at most ``available`` (the
+    deformable layers found) and stacks at most :data:`MAX_STACKED_POINTS` points.
+
+    Args:
+        num_layers: layers to stack.
+        available: how many deformable layers there are (None: not known yet).
+        points_per_layer: ``kh*kw`` of the layers, last first (one value: the same for all).
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+        raise ValueError(f'num_layers (--num-layers) must be a positive integer, got {num_layers!r}')
+    if available is not None and num_layers > available:
+        raise ValueError(f'num_layers (--num-layers) is {num_layers}, but only {available} deformable layer(s) '
+                         'were found; use at most that many')
+    per = list(points_per_layer) or [9]
+    total = 1
+    for i in range(num_layers):
+        total *= per[i] if i < len(per) else per[-1]
+        if total > MAX_STACKED_POINTS:
+            raise ValueError(f'num_layers (--num-layers) {num_layers} would stack more than {MAX_STACKED_POINTS} '
+                             f'sampling points per position ({per[0]} per layer, multiplied through the layers); use '
+                             f'at most {i} layer(s)')
+
+
+def check_group(group: int, groups: Optional[int] = None) -> None:
+    """Raise ``ValueError`` unless ``group`` is a deform group index: a non-negative integer, below
+    ``groups`` (the stacked layers' ``deform_groups``) when that is known."""
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 0:
+        raise ValueError(f'group (--group) must be a non-negative integer, got {group!r}')
+    if groups is not None and group >= groups:
+        raise ValueError(f'group (--group) must be below {groups}: the stacked layers have {groups} deform group(s); '
+                         f'got {group!r}')
+
+
 def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[float],
                              input_hw: Tuple[int, int], num_layers: int = 3, group: int = 0
                              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,8 +155,10 @@ def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[fl
         records: from :func:`record_dcn_layers` (forward order).
         point_xy: ``(x, y)`` in network-input pixels (after resize, before padding).
         input_hw: ``(H, W)`` of the (padded) network input, which sets each map's stride.
-        num_layers: how many consecutive deformable layers to stack, from the last one back.
-        group: the deform group whose offsets are followed.
+        num_layers: how many consecutive deformable layers to stack, from the last one back; between 1
+            and ``len(records)``, and at most :data:`MAX_STACKED_POINTS` points in all.
+        group: the deform group whose offsets are followed; ``0 <= group < deform_groups`` of every
+            stacked layer.
 
     Returns:
         ``(points, weights, origin)``: ``points (K, 2)`` as ``(x, y)`` network-input pixels with
@@ -125,7 +167,11 @@ def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[fl
     """
     if not records:
         raise ValueError('no deformable conv layer ran: the model has no DCN layers')
-    chain = list(records)[-num_layers:][::-1]  # last layer first
+    records = list(records)
+    check_num_layers(num_layers, len(records),
+                     [r.kernel_size[0] * r.kernel_size[1] for r in records[::-1]])
+    chain = records[-num_layers:][::-1]  # last layer first
+    check_group(group, min(r.offset.shape[0] for r in chain))
     H, W = input_hw
 
     def stride_of(hw):  # pixels per map cell
@@ -139,11 +185,9 @@ def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[fl
     pos = torch.tensor([[float(oy), float(ox)]])  # (P, 2) in the current layer's output map
     weights = torch.ones(1)
     for li, rec in enumerate(chain):
-        dg = rec.offset.shape[0]
-        g = min(group, dg - 1)
         kh, kw = rec.kernel_size
         ho, wo = rec.out_hw
-        maps = torch.cat((rec.offset[g].reshape(kh * kw * 2, ho, wo), rec.mask[g]), dim=0)
+        maps = torch.cat((rec.offset[group].reshape(kh * kw * 2, ho, wo), rec.mask[group]), dim=0)
         vals = _sample_maps(maps, pos)  # (P, kh*kw*3)
         off = vals[:, :kh * kw * 2].reshape(-1, kh * kw, 2)
         msk = vals[:, kh * kw * 2:]
@@ -199,15 +243,14 @@ def draw_sampling_locations(image: np.ndarray, panels: Sequence[Tuple[np.ndarray
         # products of masks span decades: colour on a log scale, two decades below the 98th percentile
         top = float(np.percentile(weights, 98)) if len(weights) else 1.0
         order = np.argsort(weights)  # strongest drawn last (on top)
+        if modulated:
+            rel = np.log10(np.maximum(np.asarray(weights, np.float64), 1e-12) / max(top, 1e-12))
+            levels = (np.clip((rel + 2) / 2, 0, 1) * 255).astype(np.uint8)
+            colours = cv2.applyColorMap(levels.reshape(-1, 1), cv2.COLORMAP_JET)[:, 0].tolist()
+        xy = np.rint(np.asarray(points, np.float64).reshape(-1, 2) * upscale + (upscale - 1) / 2).astype(int).tolist()
         for k in order:
-            x, y = points[k] * upscale + (upscale - 1) / 2
-            if modulated:
-                rel = np.log10(max(float(weights[k]), 1e-12) / max(top, 1e-12))
-                v = int(np.clip((rel + 2) / 2, 0, 1) * 255)
-                col = tuple(int(c) for c in cv2.applyColorMap(np.uint8([[v]]), cv2.COLORMAP_JET)[0, 0])
-            else:
-                col = (0, 255, 255)
-            cv2.circle(canvas, (int(round(x)), int(round(y))), upscale + 1, col, -1, cv2.LINE_AA)
+            col = tuple(colours[k]) if modulated else (0, 255, 255)
+            cv2.circle(canvas, tuple(xy[k]), upscale + 1, col, -1, cv2.LINE_AA)
         ox, oy = origin * upscale + (upscale - 1) / 2
         cv2.drawMarker(canvas, (int(round(ox)), int(round(oy))), (0, 255, 0), cv2.MARKER_CROSS, 6 * upscale,
                        2, cv2.LINE_AA)

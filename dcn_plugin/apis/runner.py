@@ -1,27 +1,29 @@
 """What ``tools/train.py`` and ``tools/test.py`` do, as functions: config loading and overrides,
-distributed setup (gloo on machines without GPUs), runner building, metrics saving.
+distributed setup (gloo on machines without GPUs), runner building (crash-safe checkpoints, exact
+resume, checked checkpoints and datasets), metrics saving, and the tools' error reporting.
 
-Importing this module allow-lists the types mmengine / mmdet checkpoints carry for
-``torch.load(weights_only=True)`` (see :mod:`dcn_plugin.utils.checkpoint`) and lets mmengine find
-``mmdet::`` base configs without ``pkg_resources`` (see :mod:`dcn_plugin.utils.compat`).
+Importing this module lets mmengine find ``mmdet::`` base configs without ``pkg_resources`` (see
+:mod:`dcn_plugin.utils.compat`).
 """
+import contextlib
 import datetime
 import json
-import os
 import os.path as osp
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
-from ..utils.checkpoint import register_safe_checkpoint_globals
+from ..datasets.checks import DatasetError, checked_dataloader_builder
+from ..utils.atomic import atomic_write
+from ..utils.checkpoint import CheckpointError, install_checkpoint_loaders
 from ..utils.compat import patch_mmengine_package_utils
 
 __all__ = ['load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
-           'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir']
+           'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir',
+           'use_atomic_checkpoints', 'exit_on_user_error']
 
-register_safe_checkpoint_globals()
 patch_mmengine_package_utils()  # 'mmdet::' base configs without pkg_resources (setuptools >= 81)
 
 _DATA_SECTIONS = ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator')
@@ -174,17 +176,64 @@ def setup_test_cfg(cfg: Config, checkpoint: str, show_dir: Optional[str] = None,
     return cfg
 
 
-def build_runner(cfg: Config):
-    """Build the Runner (``runner_type`` from the config if set), with :class:`TorchRNGStateHook`."""
+def use_atomic_checkpoints(cfg: Config) -> Config:
+    """Swap mmengine's ``CheckpointHook`` in ``default_hooks.checkpoint`` for
+    :class:`~dcn_plugin.apis.hooks.AtomicCheckpointHook` (same arguments); another hook type is kept."""
+    from mmengine.hooks import CheckpointHook
+    hooks = cfg.get('default_hooks', None)
+    ckpt = hooks.get('checkpoint', None) if hooks else None
+    if ckpt is not None and ckpt.get('type', None) in ('CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
+        ckpt['type'] = 'AtomicCheckpointHook'
+    return cfg
+
+
+def build_runner(cfg: Config, strict_load: bool = False, load_remedy: str = ''):
+    """Build the Runner (``runner_type`` from the config if set) the way the tools run it.
+
+    - every checkpoint scheme loads through the restricted loader
+      (:func:`dcn_plugin.utils.checkpoint.install_checkpoint_loaders`);
+    - checkpoints are written atomically and auto-resume skips broken ones
+      (:func:`use_atomic_checkpoints`);
+    - :class:`~dcn_plugin.apis.hooks.TorchRNGStateHook` (exact resume) and
+      :class:`~dcn_plugin.apis.hooks.CheckpointMatchHook` (a resumed checkpoint must fit the model;
+      with ``strict_load`` a loaded one too, else the error ends with ``load_remedy``);
+    - datasets are checked when built (:func:`dcn_plugin.datasets.checks.checked_dataloader_builder`).
+
+    Args:
+        cfg: the full config (``load_config`` / ``setup_*_cfg`` applied).
+        strict_load: refuse a ``load_from`` checkpoint that does not fit the model exactly.
+        load_remedy: how to load anyway, appended to that refusal.
+    """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    register_safe_checkpoint_globals()
+
+    from .hooks import CheckpointMatchHook, TorchRNGStateHook
+    install_checkpoint_loaders()
+    use_atomic_checkpoints(cfg)
     setup_distributed(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    from .hooks import TorchRNGStateHook
     if not any(isinstance(h, TorchRNGStateHook) for h in runner.hooks):
-        runner.register_hook(TorchRNGStateHook())  # exact --resume
+        runner.register_hook(TorchRNGStateHook())
+    match = [h for h in runner.hooks if isinstance(h, CheckpointMatchHook)]
+    if not match:
+        runner.register_hook(CheckpointMatchHook(strict_load=strict_load, remedy=load_remedy))
+    for hook in match:  # named by the config: the tool's strictness applies on top
+        hook.strict_load = hook.strict_load or strict_load
+        hook.remedy = load_remedy or hook.remedy
+    runner.build_dataloader = checked_dataloader_builder(runner.build_dataloader)
     return runner
+
+
+@contextlib.contextmanager
+def exit_on_user_error(prog: str) -> Iterator[None]:
+    """In a tool: a checkpoint or dataset the user named that cannot be used (a
+    :class:`~dcn_plugin.utils.checkpoint.CheckpointError`, a
+    :class:`~dcn_plugin.datasets.checks.DatasetError`, a missing file) ends the program with its
+    message and exit status 1 instead of a traceback."""
+    try:
+        yield
+    except (CheckpointError, DatasetError, FileNotFoundError) as e:
+        raise SystemExit(f'{prog}: error: {e}') from e
 
 
 def _to_builtin(v: Any) -> Any:
@@ -209,10 +258,8 @@ def save_metrics(metrics: Mapping[str, Any], work_dir: str, checkpoint: Optional
     from mmengine.dist import is_main_process
     if not is_main_process():
         return None
-    os.makedirs(work_dir, exist_ok=True)
     path = osp.join(work_dir, filename)
     record = {'config': config, 'checkpoint': checkpoint, 'metrics': _to_builtin(dict(metrics))}
-    with open(path, 'w') as f:
-        json.dump(record, f, indent=2, sort_keys=True)
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=True))
     print_log(f'metrics saved to {path}', logger='current')
     return path

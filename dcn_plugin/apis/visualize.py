@@ -1,34 +1,111 @@
 """Run a detector on one image and draw the stacked sampling locations of its deformable layers."""
+import math
 import os
 import os.path as osp
 import re
-from typing import List, Optional, Sequence, Tuple
+import warnings
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .offsets import draw_sampling_locations, record_dcn_layers, stack_sampling_locations
+from .offsets import (check_group, check_num_layers, draw_sampling_locations, record_dcn_layers,
+                      stack_sampling_locations)
 
-__all__ = ['visualize_offsets']
+__all__ = ['visualize_offsets', 'load_model_checkpoint', 'MAX_PANELS']
+
+#: the most positions drawn in one picture (one panel each, side by side)
+MAX_PANELS = 16
+
+
+def load_model_checkpoint(model, checkpoint: str, allow_partial_load: bool = False,
+                          remedy: str = '') -> Any:
+    """Load ``checkpoint`` (a path or any URL scheme; through the restricted loader) into ``model``.
+
+    Args:
+        model: the model (not wrapped).
+        checkpoint: path or URL.
+        allow_partial_load: load the weights that fit and warn about the rest, instead of raising
+            :class:`~dcn_plugin.utils.state_dict.CheckpointMismatchError` when any key is missing,
+            unexpected or mis-shaped.
+        remedy: a sentence appended to that error.
+
+    Returns:
+        The loaded checkpoint.
+    """
+    from mmengine.logging import print_log
+    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+    from ..utils.checkpoint import install_checkpoint_loaders
+    from ..utils.state_dict import check_checkpoint_matches, compare_state_dict, state_dict_of
+    install_checkpoint_loaders()
+    loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    if allow_partial_load:
+        diff = compare_state_dict(model, state_dict_of(loaded))
+        if diff:
+            print_log(f'checkpoint {checkpoint} fits the model only partly; loading the weights that fit:\n'
+                      f'{diff.describe()}', logger='current', level=30)
+    else:
+        check_checkpoint_matches(model, loaded, checkpoint, action='load', remedy=remedy)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the differences were reported above
+        _load_checkpoint_to_model(model, loaded, strict=False)
+    return loaded
+
+
+def _check_arguments(points: Optional[Sequence[Tuple[float, float]]], num_layers: int, group: int,
+                     score_thr: float, topk: int, upscale: int, layers: str) -> None:
+    check_num_layers(num_layers)
+    check_group(group)
+    if not isinstance(score_thr, (int, float)) or not 0.0 <= float(score_thr) <= 1.0:
+        raise ValueError(f'score_thr (--score-thr) must be a number in [0, 1], got {score_thr!r}')
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= MAX_PANELS:
+        raise ValueError(f'topk (--topk) must be an integer in [1, {MAX_PANELS}] (one panel per detection), '
+                         f'got {topk!r}')
+    if isinstance(upscale, bool) or not isinstance(upscale, (int, np.integer)) or not 1 <= upscale <= 8:
+        raise ValueError(f'upscale must be an integer in [1, 8], got {upscale!r}')
+    if points is not None:
+        if not 1 <= len(points) <= MAX_PANELS:
+            raise ValueError(f'points (--points) must list 1 to {MAX_PANELS} positions (one panel each), '
+                             f'got {len(points)}')
+        for p in points:
+            if len(p) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in p):
+                raise ValueError(f'points (--points) must be finite (x, y) pairs, got {p!r}')
+    try:
+        re.compile(layers)
+    except re.error as e:
+        raise ValueError(f'layers (--layers) is not a valid regular expression ({e}): {layers!r}') from e
 
 
 def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: Optional[str] = None,
                       points: Optional[Sequence[Tuple[float, float]]] = None, num_layers: int = 3,
                       layers: str = 'backbone', group: int = 0, score_thr: float = 0.3, topk: int = 3,
-                      device: str = 'cpu', upscale: int = 2, cfg_options: Optional[dict] = None) -> str:
+                      device: str = 'cpu', upscale: int = 2, cfg_options: Optional[dict] = None,
+                      allow_partial_load: bool = False) -> str:
     """Draw where the last ``num_layers`` deformable layers sample for a few output positions.
 
     Args:
-        config, checkpoint: the detector (``checkpoint=None``: the config's initial weights).
+        config, checkpoint: the detector (``checkpoint=None``: the config's initial weights); the
+            checkpoint (path or URL) must fit the model exactly unless ``allow_partial_load``.
         image: image file.
         out: PNG path (default ``work_dirs/visualize_offsets/<config name>/<image name>_offsets.png``).
-        points: ``(x, y)`` positions in image pixels; default: the centres of the ``topk``
-            detections scoring at least ``score_thr`` (the image centre when there are none).
-        num_layers: consecutive deformable layers to stack (``(kh*kw)**num_layers`` points).
+        points: 1 to :data:`MAX_PANELS` ``(x, y)`` positions inside the image, in pixels; default: the
+            centres of the ``topk`` detections scoring at least ``score_thr`` (the image centre when
+            there are none).
+        num_layers: consecutive deformable layers to stack (``(kh*kw)**num_layers`` points), from 1 to
+            the number of deformable layers matching ``layers``, and at most
+            :data:`~dcn_plugin.apis.offsets.MAX_STACKED_POINTS` points (5 layers of 3x3 kernels).
         layers: regular expression the layers' module names must match (default: the backbone's).
-        group: deform group whose offsets are followed.
+        group: deform group whose offsets are followed (below the layers' ``deform_groups``).
+        score_thr: in [0, 1].
+        topk: 1 to :data:`MAX_PANELS`.
         device: ``'cpu'`` or ``'cuda'``.
-        upscale: magnification of the drawing.
+        upscale: magnification of the drawing, 1 to 8.
         cfg_options: config overrides.
+        allow_partial_load: load a checkpoint that fits only partly (warning about the rest).
+
+    Raises:
+        ValueError: an argument out of range (the message names it).
+        dcn_plugin.utils.CheckpointError: the checkpoint is unsafe, corrupt, or does not fit.
 
     Returns:
         The PNG's path.
@@ -37,25 +114,34 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
     from mmengine.config import Config
     from mmdet.apis import inference_detector, init_detector
 
-    from .runner import register_safe_checkpoint_globals
-    register_safe_checkpoint_globals()
+    _check_arguments(points, num_layers, group, score_thr, topk, upscale, layers)
+    img = cv2.imread(image, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f'cannot read image {image}')
+    if points is not None:
+        for x, y in points:
+            if not (0 <= x < img.shape[1] and 0 <= y < img.shape[0]):
+                raise ValueError(f'points (--points): ({x}, {y}) is outside the {img.shape[1]}x{img.shape[0]} image')
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    model = init_detector(cfg, checkpoint, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='checkpoint is None')  # the weights are loaded below
+        model = init_detector(cfg, None, device=device)
+    if checkpoint is not None:
+        load_model_checkpoint(model, checkpoint, allow_partial_load,
+                              remedy='To draw with the weights that fit anyway, pass --allow-partial-load.')
     with record_dcn_layers(model) as records:
         result = inference_detector(model, image)
     pattern = re.compile(layers)
     chosen = [r for r in records if pattern.search(r.name)]
     if not chosen:
         names = sorted({r.name for r in records})
-        raise ValueError(f'no deformable layer matches {layers!r}; deformable layers that ran: {names}')
+        raise ValueError(f'layers (--layers): no deformable layer matches {layers!r}; deformable layers that ran: '
+                         f'{names}')
     meta = result.metainfo
     scale = np.asarray(meta.get('scale_factor', (1.0, 1.0)), dtype=np.float64)[:2]  # (w, h) factors
     input_hw = tuple(meta.get('batch_input_shape', meta['img_shape']))
-    img = cv2.imread(image, cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f'cannot read image {image}')
     inst = result.pred_instances
     keep = (inst.scores >= score_thr).nonzero().flatten()[:topk]
     boxes = inst.bboxes[keep].cpu().numpy() if len(keep) else np.zeros((0, 4))

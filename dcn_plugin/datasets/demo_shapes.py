@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ['DEMO_CLASSES', 'DEMO_SPLITS', 'GENERATOR_VERSION', 'render_image', 'generate_split',
-           'generate_demo_dataset', 'demo_dataset_exists']
+__all__ = ['DEMO_CLASSES', 'DEMO_SPLITS', 'GENERATOR_VERSION', 'MIN_IMAGE_SIZE', 'MAX_IMAGE_SIZE', 'render_image',
+           'generate_split', 'generate_demo_dataset', 'demo_dataset_exists', 'check_demo_arguments']
 
 #: Object classes, in category-id order (ids start at 1).
 DEMO_CLASSES: Tuple[str, ...] = ('arrow', 'cross', 'star', 'crescent', 'tee')
@@ -33,6 +33,37 @@ DEMO_CLASSES: Tuple[str, ...] = ('arrow', 'cross', 'star', 'crescent', 'tee')
 DEMO_SPLITS: Dict[str, int] = {'train': 400, 'val': 100}
 #: Bumped whenever the generated pixels or annotations change for a given seed.
 GENERATOR_VERSION = 1
+#: Smallest image side: objects span 11-38% of the side, so below 64 px the smallest ones would be
+#: under 7 px, too few pixels to tell the shapes apart.
+MIN_IMAGE_SIZE = 64
+#: Largest image side: the renderer holds a few float (H, W, 3) buffers per object.
+MAX_IMAGE_SIZE = 2048
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_demo_arguments(image_size: int = 256, splits: Optional[Dict[str, int]] = None, seed: int = 0) -> None:
+    """Raise ``ValueError`` naming the argument unless the generator can honour it.
+
+    Args:
+        image_size: side of the square images, in [:data:`MIN_IMAGE_SIZE`, :data:`MAX_IMAGE_SIZE`].
+        splits: ``{split name: number of images}``, each count at least 1, names usable as folders.
+        seed: a non-negative integer.
+    """
+    if not _is_int(image_size) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        why = ('; smaller images cannot hold the shapes at a recognisable size' if _is_int(image_size)
+               and image_size < MIN_IMAGE_SIZE else '')
+        raise ValueError(f'image size (--size) must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, '
+                         f'got {image_size!r}{why}')
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f'seed (--seed) must be a non-negative integer, got {seed!r}')
+    for split, n in (splits or {}).items():
+        if not isinstance(split, str) or not split or split in ('.', '..') or '/' in split or '\\' in split:
+            raise ValueError(f'split names must be plain folder names, got {split!r}')
+        if not _is_int(n) or n < 1:
+            raise ValueError(f'number of {split} images (--{split}) must be a positive integer, got {n!r}')
 
 _TEMPLATE = 128  # side of the canvas a class template is drawn on (object spans ~60% of it)
 
@@ -211,6 +242,7 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int = 0, ima
     ``split_index`` picks the split's random stream (default: 0 for ``'train'``, 1 for ``'val'``,
     a stable hash of the name otherwise).
     """
+    check_demo_arguments(image_size, {split: num_images}, seed)
     if split_index is None:
         split_index = {'train': 0, 'val': 1, 'test': 2}.get(split, sum(map(ord, split)) + 3)
     os.makedirs(osp.join(out_dir, split), exist_ok=True)
@@ -246,11 +278,17 @@ def generate_demo_dataset(out_dir: str = 'data/demo', seed: int = 0, splits: Opt
 
     Args:
         out_dir: dataset root (``annotations/`` and one image folder per split go there).
-        seed: the seed every pixel and box derives from.
-        splits: ``{split name: number of images}`` (default :data:`DEMO_SPLITS`).
-        image_size: side of the square images.
+        seed: the seed every pixel and box derives from (non-negative).
+        splits: ``{split name: number of images}`` (default :data:`DEMO_SPLITS`); at least one image each.
+        image_size: side of the square images, from :data:`MIN_IMAGE_SIZE` to :data:`MAX_IMAGE_SIZE`.
+
+    Raises:
+        ValueError: an argument the generator cannot honour (checked before anything is written).
     """
     splits = dict(DEMO_SPLITS if splits is None else splits)
+    if not splits:
+        raise ValueError('splits must name at least one split')
+    check_demo_arguments(image_size, splits, seed)
     os.makedirs(osp.join(out_dir, 'annotations'), exist_ok=True)
     written = {}
     for split, n in splits.items():

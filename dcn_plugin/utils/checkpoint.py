@@ -1,15 +1,13 @@
-"""Safe loading of mmengine / mmdet checkpoints under ``torch.load(weights_only=True)``.
+"""One restricted loader for every checkpoint: local files and every URL scheme mmengine knows.
 
-Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``: it unpickles only tensors, plain
-containers and an allow-list of globals, so a checkpoint cannot run code when it is loaded.
-mmengine 0.10.x calls ``torch.load(filename, map_location=...)`` without ``weights_only`` and its
-checkpoints carry more than tensors: the message hub holds
-:class:`~mmengine.logging.HistoryBuffer` objects (numpy arrays, and its statistics methods pickled
-as ``getattr(HistoryBuffer, 'mean')``), and the runtime info / hook messages hold numpy scalars.
-Those checkpoints then fail to load ("Unsupported global").
-
-:func:`register_safe_checkpoint_globals` allow-lists exactly those types with
-``torch.serialization.add_safe_globals`` instead of turning ``weights_only`` off:
+**The unpickler.** Checkpoints are pickles; unpickling one can run any code it names. Every
+checkpoint this package reads goes through :func:`load_checkpoint_file`, which calls
+``torch.load(weights_only=True)`` explicitly (so neither torch's default nor the
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable can turn it off): only tensors, plain
+containers and an allow-list of globals are unpickled. mmengine / mmdet checkpoints carry more than
+tensors: the message hub holds :class:`~mmengine.logging.HistoryBuffer` objects (numpy arrays, and
+its statistics methods pickled as ``getattr(HistoryBuffer, 'mean')``), and the runtime info / hook
+messages hold numpy scalars. :func:`register_safe_checkpoint_globals` allow-lists exactly those:
 
 - numpy arrays and scalars: ``numpy.ndarray``, ``numpy.dtype`` and the concrete dtype classes,
   ``numpy._core.multiarray._reconstruct`` / ``scalar`` (they build arrays from bytes; object
@@ -19,21 +17,65 @@ Those checkpoints then fail to load ("Unsupported global").
   ``HistoryBuffer``'s public methods (``min``, ``max``, ``current``, ``mean``, ...) and refuses any
   other lookup, so ``getattr`` cannot be used to reach ``os.system`` or a module's globals.
 
-Everything else stays refused: a pickle whose ``__reduce__`` calls ``os.system``, ``eval``,
-``subprocess`` or any other non-allow-listed global raises ``pickle.UnpicklingError``.
+Everything else is refused with :class:`UnsafeCheckpointError` (a ``pickle.UnpicklingError``):
+a pickle whose ``__reduce__`` calls ``os.system``, ``eval``, ``subprocess`` or any other global.
+Before unpickling, a zip-format file (what ``torch.save`` writes) is checked record by record
+against its CRCs, so a truncated or corrupt file raises :class:`CorruptCheckpointError` naming the
+file instead of an error from deep inside torch (or, for a flipped bit, silently wrong weights).
+
+**The schemes.** mmengine resolves every checkpoint path through ``CheckpointLoader``: the Runner's
+``load_from`` and ``resume``, ``init_cfg=dict(type='Pretrained', ...)``,
+``mmengine.runner.load_checkpoint``, mmdet's ``init_detector``. mmengine 0.10 registers these
+schemes (``mmengine/runner/checkpoint.py``): local paths (prefix ``''``), ``http://``,
+``https://``, ``pavi://``, ``s3://`` and ``petrel://`` (optionally ``cluster:``-prefixed),
+``modelzoo://``, ``torchvision://``, ``open-mmlab://``, ``openmmlab://`` and ``mmcls://``; its own
+loaders call ``torch.load`` / ``torch.hub.load_state_dict_from_url`` with ``weights_only`` unset or
+False. :func:`install_checkpoint_loaders` (run when :mod:`dcn_plugin` is imported, idempotent)
+registers a loader for each of them that downloads or reads exactly as mmengine does (URLs into the
+torch hub cache, ``TORCH_HOME/hub/checkpoints``; the ``torchvision://`` names' hash checked on
+download, as torchvision does) and then unpickles through :func:`load_checkpoint_file`. A scheme
+another package registered is wrapped so that every ``torch.load`` it makes is forced to
+``weights_only=True``.
 """
+import difflib
+import functools
 import inspect
+import io
+import logging
+import os
+import os.path as osp
 import pickle
-from typing import Any, List, Tuple
+import re
+import sys
+import threading
+import zipfile
+import zlib
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-__all__ = ['register_safe_checkpoint_globals', 'safe_checkpoint_globals']
+__all__ = ['CheckpointError', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'register_safe_checkpoint_globals',
+           'safe_checkpoint_globals', 'load_checkpoint_file', 'checkpoint_problem', 'install_checkpoint_loaders',
+           'checkpoint_scheme_loaders', 'SCHEME_PREFIXES', 'find_resume_checkpoint']
 
 _REGISTERED = False
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names it and says why."""
+
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """The checkpoint holds objects outside the allow-list: unpickling it could run code."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The checkpoint file is truncated, corrupt or not a PyTorch checkpoint."""
+
+
+# --------------------------------------------------------------------------- the allow-list
 def _restricted_getattr(obj: Any, name: str) -> Any:
     """``getattr`` as a checkpoint may use it: only ``HistoryBuffer``'s public methods."""
     from mmengine.logging import HistoryBuffer
@@ -66,8 +108,11 @@ def _numpy_globals() -> List[Any]:
 
 def safe_checkpoint_globals() -> List[Any]:
     """The globals that :func:`register_safe_checkpoint_globals` adds (entries for ``add_safe_globals``)."""
-    from mmengine.logging import HistoryBuffer
     items: List[Any] = _numpy_globals()
+    try:
+        from mmengine.logging import HistoryBuffer
+    except ImportError:  # the op package alone: plain state dicts only
+        return items
     items.append(HistoryBuffer)
     items.append((_restricted_getattr, 'builtins.getattr'))
     return items
@@ -76,8 +121,8 @@ def safe_checkpoint_globals() -> List[Any]:
 def register_safe_checkpoint_globals() -> None:
     """Allow-list the types mmengine / mmdet checkpoints carry for ``weights_only`` loading.
 
-    Idempotent; keeps ``torch.load``'s ``weights_only=True`` default in force. Called by the tools and
-    by :mod:`dcn_plugin.apis` on import.
+    Idempotent. :func:`load_checkpoint_file` calls it; it is public for code that calls
+    ``torch.load(..., weights_only=True)`` itself.
     """
     global _REGISTERED
     if _REGISTERED:
@@ -85,3 +130,363 @@ def register_safe_checkpoint_globals() -> None:
     torch.serialization.add_safe_globals(safe_checkpoint_globals())
     _REGISTERED = True
 
+
+# --------------------------------------------------------------------------- integrity
+def _stream_problem(f: BinaryIO) -> Optional[str]:
+    """What is wrong with the checkpoint bytes in ``f`` (seekable), or None if they look sound."""
+    head = f.read(4)
+    f.seek(0)
+    if not head:
+        return 'is empty (0 bytes)'
+    if head[:2] == b'PK':  # torch.save's zip format: check the directory and every record's CRC
+        try:
+            with zipfile.ZipFile(f) as z:
+                names = z.namelist()
+                bad = z.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+            return f'is truncated or corrupt (its zip directory cannot be read: {e})'
+        finally:
+            f.seek(0)
+        if bad is not None:
+            return f'is corrupt (record {bad!r} fails its CRC check)'
+        if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+            return 'is a zip archive but not a PyTorch checkpoint (it has no data.pkl record)'
+        return None
+    if head[:1] == b'\x80':  # a legacy (pre-1.6) torch.save pickle: checked while loading
+        return None
+    return 'is not a PyTorch checkpoint (neither torch.save\'s zip format nor a legacy pickle)'
+
+
+def checkpoint_problem(path: Union[str, os.PathLike]) -> Optional[str]:
+    """Check a checkpoint file without unpickling it.
+
+    Zip-format files (everything ``torch.save`` writes since torch 1.6) are checked completely: the
+    zip directory, which a truncated file lacks, and the CRC of every record. Legacy pickles are only
+    recognised (their truncation shows when they are loaded).
+
+    Args:
+        path: the file.
+
+    Returns:
+        None when the file looks intact, else what is wrong, as a phrase that follows the file name
+        (``'is truncated or corrupt (...)'``, ``'does not exist'``, ...).
+    """
+    path = os.fspath(path)
+    if not osp.exists(path):
+        return 'does not exist'
+    if osp.isdir(path):
+        return 'is a directory, not a checkpoint file'
+    if not osp.isfile(path):  # a FIFO or device would block or never end
+        return 'is not a regular file'
+    try:
+        with open(path, 'rb') as f:
+            return _stream_problem(f)
+    except OSError as e:
+        return f'cannot be read ({e})'
+
+
+# --------------------------------------------------------------------------- the restricted loader
+def _unsafe_detail(message: str) -> str:
+    for line in message.splitlines():
+        if 'Unsupported global' in line or 'WeightsUnpickler error' in line or 'refusing' in line:
+            return line.strip()
+    return message.strip().splitlines()[0] if message.strip() else 'an object outside the allow-list'
+
+
+def load_checkpoint_file(source: Union[str, os.PathLike, BinaryIO, bytes], map_location: Any = None,
+                         name: Optional[str] = None) -> Any:
+    """Unpickle a checkpoint with ``torch.load(weights_only=True)`` and the allow-list above.
+
+    Args:
+        source: a local file path, a seekable binary file object or the checkpoint's bytes.
+        map_location: as for :func:`torch.load`.
+        name: how to name the checkpoint in messages (default: the path, or ``'<in memory>'``).
+
+    Returns:
+        What the checkpoint holds (usually a dict with ``state_dict``, or a state dict).
+
+    Raises:
+        FileNotFoundError: ``source`` is a path that does not exist.
+        UnsafeCheckpointError: the checkpoint holds objects outside the allow-list.
+        CorruptCheckpointError: the file is truncated, corrupt or not a PyTorch checkpoint.
+    """
+    register_safe_checkpoint_globals()
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = osp.expanduser(os.fspath(source))
+        name = name or path
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'checkpoint {name} does not exist' if not osp.exists(path) else
+                                    f'checkpoint {name} is not a file')
+        problem = checkpoint_problem(path)
+        target: Any = path
+    else:
+        name = name or '<in memory>'
+        problem = _stream_problem(source)
+        target = source
+    if problem is not None:
+        raise CorruptCheckpointError(f'checkpoint {name} {problem}')
+    try:
+        return torch.load(target, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if 'Weights only load failed' in text or 'refusing' in text:
+            raise UnsafeCheckpointError(
+                f'refusing to load checkpoint {name}: it holds objects outside the allow-list (tensors, plain '
+                'containers, numpy arrays and scalars, mmengine HistoryBuffer), so unpickling it could run code '
+                f'({_unsafe_detail(text)})') from e
+        raise CorruptCheckpointError(f'checkpoint {name} is truncated or corrupt ({e})') from e
+    except EOFError as e:
+        raise CorruptCheckpointError(f'checkpoint {name} is truncated (unexpected end of file)') from e
+    except RuntimeError as e:
+        if re.search(r'EOF|corrupt|zip archive|invalid header|magic number', str(e), re.I):
+            raise CorruptCheckpointError(f'checkpoint {name} is truncated or corrupt ({str(e).splitlines()[0]})') from e
+        raise
+
+
+# --------------------------------------------------------------------------- the scheme loaders
+def _hub_file(url: str, model_dir: Optional[str] = None, check_hash: bool = False,
+              progress: bool = True) -> str:
+    """The torch hub cache file of ``url`` (``<hub dir>/checkpoints/<file name>``), downloaded if
+    missing, exactly as ``torch.hub.load_state_dict_from_url`` does."""
+    from torch.hub import HASH_REGEX, download_url_to_file, get_dir
+    if model_dir is None:
+        model_dir = osp.join(get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    filename = osp.basename(urlparse(url).path)
+    if not filename:
+        raise ValueError(f'cannot name the cache file of checkpoint URL {url!r}: its path has no file name')
+    cached = osp.join(model_dir, filename)
+    if not osp.exists(cached):
+        sys.stderr.write(f'Downloading: "{url}" to {cached}\n')
+        hash_prefix = None
+        if check_hash:
+            match = HASH_REGEX.search(filename)
+            hash_prefix = match.group(1) if match else None
+        download_url_to_file(url, cached, hash_prefix, progress=progress)
+    return cached
+
+
+def _load_url(url: str, map_location: Any = None, model_dir: Optional[str] = None, progress: bool = True,
+              check_hash: bool = False) -> Any:
+    cached = _hub_file(url, model_dir, check_hash=check_hash, progress=progress)
+    name = f'{cached} (cached download of {url})'
+    if zipfile.is_zipfile(cached):
+        with zipfile.ZipFile(cached) as z:
+            members = z.infolist()
+            # torch.hub's legacy format: one file (a pre-1.6 torch.save) zipped by hand
+            if len(members) == 1 and not members[0].is_dir():
+                extracted = z.extract(members[0], osp.dirname(cached))
+                return load_checkpoint_file(extracted, map_location, name=f'{extracted} (extracted from {name})')
+    return load_checkpoint_file(cached, map_location, name=name)
+
+
+def load_from_local(filename: str, map_location: Any = None) -> Any:
+    """A local file (any path without a registered scheme)."""
+    return load_checkpoint_file(filename, map_location)
+
+
+def load_from_http(filename: str, map_location: Any = None, model_dir: Optional[str] = None,
+                   progress: bool = os.isatty(0), check_hash: bool = False) -> Any:
+    """``http://`` / ``https://``: downloaded into the torch hub cache (local rank 0 first in
+    distributed runs, as mmengine does), then loaded from there."""
+    from mmengine.dist import get_dist_info
+    rank, world_size = get_dist_info()
+    checkpoint = None
+    if rank == 0:
+        checkpoint = _load_url(filename, map_location, model_dir, progress, check_hash)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            checkpoint = _load_url(filename, map_location, model_dir, progress, check_hash)
+    return checkpoint
+
+
+def load_from_pavi(filename: str, map_location: Any = None) -> Any:
+    """``pavi://``: downloaded from the pavi model cloud into a temporary folder."""
+    from tempfile import TemporaryDirectory
+    if not filename.startswith('pavi://'):
+        raise ValueError(f'expected a checkpoint path starting with pavi://, got {filename!r}')
+    try:
+        from pavi import modelcloud
+    except ImportError:
+        raise ImportError('Please install pavi to load checkpoint from modelcloud.')
+    model = modelcloud.get(filename[len('pavi://'):])
+    with TemporaryDirectory() as tmp_dir:
+        downloaded = osp.join(tmp_dir, model.name)
+        model.download(downloaded)
+        return load_checkpoint_file(downloaded, map_location, name=f'{filename} (downloaded to {downloaded})')
+
+
+def load_from_ceph(filename: str, map_location: Any = None, backend: str = 'petrel') -> Any:
+    """``s3://`` / ``petrel://`` (optionally ``cluster:``-prefixed): read through mmengine's file
+    backend."""
+    from mmengine.fileio import get_file_backend
+    file_backend = get_file_backend(filename, backend_args={'backend': backend})
+    return load_checkpoint_file(io.BytesIO(file_backend.get(filename)), map_location, name=filename)
+
+
+def _model_url(table: Dict[str, str], name: str, path: str) -> str:
+    if name not in table:
+        near = difflib.get_close_matches(name, list(table), n=6, cutoff=0.6)
+        raise KeyError(f'unknown model name {name!r} in checkpoint path {path!r}'
+                       + (f'; similar names: {", ".join(near)}' if near else ''))
+    return table[name]
+
+
+def load_from_torchvision(filename: str, map_location: Any = None) -> Any:
+    """``torchvision://NAME`` (``modelzoo://NAME``, deprecated): torchvision's ImageNet weights, from
+    mmengine's table of their URLs; the file's hash is checked on download, as torchvision does."""
+    from mmengine.logging import print_log
+    from mmengine.runner.checkpoint import get_torchvision_models
+    if filename.startswith('modelzoo://'):
+        print_log('The URL scheme of "modelzoo://" is deprecated, please use "torchvision://" instead',
+                  logger='current', level=logging.WARNING)
+        name = filename[len('modelzoo://'):]
+    else:
+        name = filename[len('torchvision://'):]
+    url = _model_url(get_torchvision_models(), name, filename)
+    return load_from_http(url, map_location=map_location, check_hash=True)
+
+
+def load_from_openmmlab(filename: str, map_location: Any = None) -> Any:
+    """``open-mmlab://NAME`` / ``openmmlab://NAME``: OpenMMLab's model table (mmengine's, extended by
+    ``$MMENGINE_HOME/open_mmlab.json``): a URL, or a file under ``$MMENGINE_HOME``."""
+    from mmengine.logging import print_log
+    from mmengine.runner.checkpoint import _get_mmengine_home, get_deprecated_model_names, get_external_models
+    prefix = 'open-mmlab://' if filename.startswith('open-mmlab://') else 'openmmlab://'
+    name = filename[len(prefix):]
+    deprecated = get_deprecated_model_names()
+    if name in deprecated:
+        print_log(f'{prefix}{name} is deprecated in favor of {prefix}{deprecated[name]}', logger='current',
+                  level=logging.WARNING)
+        name = deprecated[name]
+    url = _model_url(get_external_models(), name, filename)
+    if url.startswith(('http://', 'https://')):
+        return load_from_http(url, map_location=map_location)
+    return load_checkpoint_file(osp.join(_get_mmengine_home(), url), map_location)
+
+
+def load_from_mmcls(filename: str, map_location: Any = None) -> Any:
+    """``mmcls://NAME``: an mmcls classifier; its ``backbone.*`` weights, renamed as mmengine does."""
+    from mmengine.runner.checkpoint import _process_mmcls_checkpoint, get_mmcls_models
+    url = _model_url(get_mmcls_models(), filename[len('mmcls://'):], filename)
+    return _process_mmcls_checkpoint(load_from_http(url, map_location=map_location))
+
+
+#: every prefix mmengine 0.10's CheckpointLoader registers, with the loader that replaces it
+SCHEME_PREFIXES: Tuple[Tuple[str, Callable[..., Any]], ...] = (
+    ('', load_from_local),
+    ('http://', load_from_http),
+    ('https://', load_from_http),
+    ('pavi://', load_from_pavi),
+    (r'(\S+\:)?s3://', load_from_ceph),
+    (r'(\S+\:)?petrel://', load_from_ceph),
+    ('modelzoo://', load_from_torchvision),
+    ('torchvision://', load_from_torchvision),
+    ('open-mmlab://', load_from_openmmlab),
+    ('openmmlab://', load_from_openmmlab),
+    ('mmcls://', load_from_mmcls),
+)
+_OURS = frozenset(loader for _, loader in SCHEME_PREFIXES)
+_FORCE_LOCK = threading.RLock()
+
+
+def _forcing_weights_only(loader: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap another package's scheme loader: every ``torch.load`` it makes runs with
+    ``weights_only=True`` (torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``) and the allow-list."""
+    @functools.wraps(loader)
+    def guarded(*args, **kwargs):
+        register_safe_checkpoint_globals()
+        with _FORCE_LOCK:
+            old = os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD')
+            os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = '1'
+            try:
+                return loader(*args, **kwargs)
+            finally:
+                if old is None:
+                    os.environ.pop('TORCH_FORCE_WEIGHTS_ONLY_LOAD', None)
+                else:
+                    os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = old
+    guarded._dcn_plugin_guarded = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def install_checkpoint_loaders() -> None:
+    """Make every checkpoint scheme of mmengine's ``CheckpointLoader`` load through
+    :func:`load_checkpoint_file`.
+
+    Registers this module's loader for each of :data:`SCHEME_PREFIXES` and wraps loaders other
+    packages registered (:func:`_forcing_weights_only`). Idempotent; :mod:`dcn_plugin` calls it on
+    import and the tools again before they build a runner (which covers schemes registered by
+    packages imported in between).
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    for prefix, loader in SCHEME_PREFIXES:
+        if CheckpointLoader._schemes.get(prefix) is not loader:
+            CheckpointLoader.register_scheme(prefix, loader, force=True)
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if loader not in _OURS and not getattr(loader, '_dcn_plugin_guarded', False):
+            CheckpointLoader.register_scheme(prefix, _forcing_weights_only(loader), force=True)
+
+
+def checkpoint_scheme_loaders() -> Dict[str, Callable[..., Any]]:
+    """``{prefix: loader}`` as mmengine's ``CheckpointLoader`` will use them now."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    return dict(CheckpointLoader._schemes)
+
+
+# --------------------------------------------------------------------------- resuming
+_STEP_FILE = re.compile(r'^(epoch|iter)_(\d+)\.pth$')
+
+
+def find_resume_checkpoint(work_dir: str) -> Tuple[Optional[str], List[Tuple[str, str]]]:
+    """The newest intact checkpoint to resume a run from, as ``--resume`` without a path wants it.
+
+    The candidate ``last_checkpoint`` names comes first (mmengine's choice); when it is missing,
+    truncated or corrupt (:func:`checkpoint_problem`), the ``epoch_N.pth`` / ``iter_N.pth`` files of
+    its folder and of ``work_dir`` follow, newest step first. A path with a URL scheme in
+    ``last_checkpoint`` is returned unchecked (its loader checks it).
+
+    Args:
+        work_dir: the run's work dir.
+
+    Returns:
+        ``(path or None, [(skipped path, what is wrong), ...])``.
+    """
+    last_file = osp.join(work_dir, 'last_checkpoint')
+    last = None
+    if osp.isfile(last_file):
+        with open(last_file) as f:
+            last = f.read().strip() or None
+    if last is not None and '://' in last:
+        return last, []
+    kind = None
+    candidates: List[str] = []
+    folders = [work_dir]
+    if last is not None:
+        candidates.append(last)
+        match = _STEP_FILE.match(osp.basename(last))
+        kind = match.group(1) if match else None
+        folders.insert(0, osp.dirname(last) or '.')
+    numbered = []
+    for folder in dict.fromkeys(osp.abspath(f) for f in folders):
+        if not osp.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            match = _STEP_FILE.match(name)
+            if match and (kind is None or match.group(1) == kind):
+                numbered.append((int(match.group(2)), osp.join(folder, name)))
+    candidates += [p for _, p in sorted(numbered, reverse=True)]
+    skipped: List[Tuple[str, str]] = []
+    seen = set()
+    for path in candidates:
+        if osp.abspath(path) in seen:
+            continue
+        seen.add(osp.abspath(path))
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped

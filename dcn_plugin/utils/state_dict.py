@@ -1,0 +1,120 @@
+"""Does a checkpoint fit a model? Missing, unexpected and mis-shaped keys, said in a few lines.
+
+mmengine loads checkpoints non-strictly and only warns about keys that do not match, so a model can
+be evaluated with random weights, and resuming a run from a checkpoint of another architecture fails
+later with an optimizer error that does not say why. :func:`compare_state_dict` finds the
+differences; :func:`check_checkpoint_matches` raises :class:`CheckpointMismatchError` with a
+message that names a few of each kind and, for the common case of deformable vs plain
+convolutions, says so.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Sequence, Tuple
+
+from torch import nn
+
+from .checkpoint import CheckpointError
+
+__all__ = ['CheckpointMismatchError', 'StateDictDiff', 'compare_state_dict', 'check_checkpoint_matches',
+           'state_dict_of']
+
+#: mmengine's default ``revise_keys`` (a DataParallel / DDP ``module.`` prefix is stripped)
+DEFAULT_REVISE_KEYS: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
+_SHOWN = 5
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's weights do not fit the model (architectures differ)."""
+
+
+@dataclass
+class StateDictDiff:
+    """Differences between a checkpoint's state dict and a model's.
+
+    Attributes:
+        missing: keys the model has and the checkpoint lacks.
+        unexpected: keys the checkpoint has and the model lacks.
+        mismatched: ``(key, checkpoint shape, model shape)`` for keys whose tensors differ in shape.
+    """
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        """A few lines: counts, a few keys of each kind, and what the pattern suggests."""
+        def few(keys: Sequence[str]) -> str:
+            shown = ', '.join(keys[:_SHOWN])
+            return shown + (f', ... ({len(keys) - _SHOWN} more)' if len(keys) > _SHOWN else '')
+
+        lines = []
+        if self.missing:
+            lines.append(f'{len(self.missing)} key(s) of the model are missing from the checkpoint: '
+                         f'{few(self.missing)}')
+        if self.unexpected:
+            lines.append(f'{len(self.unexpected)} key(s) of the checkpoint are not in the model: '
+                         f'{few(self.unexpected)}')
+        if self.mismatched:
+            shapes = [f'{k} (checkpoint {tuple(a)}, model {tuple(b)})' for k, a, b in self.mismatched]
+            lines.append(f'{len(self.mismatched)} tensor(s) have another shape: {few(shapes)}')
+        is_offset = re.compile(r'(^|\.)conv_offset\.')
+        if self.missing and all(is_offset.search(k) for k in self.missing) and not self.unexpected:
+            lines.append('every missing key is the offset branch (conv_offset) of a deformable conv: the '
+                         'checkpoint comes from a model with plain convolutions where this one has DCN layers')
+        elif self.unexpected and all(is_offset.search(k) for k in self.unexpected) and not self.missing:
+            lines.append('every unexpected key is the offset branch (conv_offset) of a deformable conv: the '
+                         'checkpoint comes from a model with DCN layers where this one has plain convolutions')
+        return '\n'.join('  ' + line for line in lines)
+
+
+def state_dict_of(checkpoint: Any,
+                  revise_keys: Sequence[Tuple[str, str]] = DEFAULT_REVISE_KEYS) -> Mapping[str, Any]:
+    """The state dict in a loaded checkpoint (its ``state_dict`` entry, or the checkpoint itself), with
+    keys revised as mmengine revises them before loading."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'the checkpoint holds a {type(checkpoint).__name__}, not a dict of weights')
+    state = checkpoint.get('state_dict', checkpoint)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f'the checkpoint\'s state_dict is a {type(state).__name__}, not a dict of weights')
+    for pattern, repl in revise_keys:
+        state = {re.sub(pattern, repl, k): v for k, v in state.items()}
+    return state
+
+
+def compare_state_dict(model: nn.Module, state: Mapping[str, Any]) -> StateDictDiff:
+    """Compare ``state`` with ``model.state_dict()`` (keys and tensor shapes).
+
+    BatchNorm's ``num_batches_tracked`` counters are ignored when missing, as mmengine does.
+    """
+    own = model.state_dict()
+    diff = StateDictDiff()
+    diff.missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
+    diff.unexpected = [k for k in state if k not in own]
+    for k, v in state.items():
+        if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape):
+            diff.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
+    return diff
+
+
+def check_checkpoint_matches(model: nn.Module, checkpoint: Any, source: str, action: str = 'load',
+                             remedy: str = '') -> StateDictDiff:
+    """Raise :class:`CheckpointMismatchError` unless ``checkpoint`` fits ``model`` exactly.
+
+    Args:
+        model: the model (unwrapped from DDP).
+        checkpoint: what :func:`~dcn_plugin.utils.checkpoint.load_checkpoint_file` returned.
+        source: the checkpoint's name for the message.
+        action: what was being done (``'load'``, ``'resume from'``, ...), for the message.
+        remedy: a sentence appended to the message (how to proceed anyway, if one can).
+
+    Returns:
+        The (empty) differences.
+    """
+    diff = compare_state_dict(model, state_dict_of(checkpoint))
+    if diff:
+        raise CheckpointMismatchError(
+            f'cannot {action} checkpoint {source}: its weights do not fit the model (the architectures differ)\n'
+            f'{diff.describe()}' + (f'\n{remedy}' if remedy else ''))
+    return diff
