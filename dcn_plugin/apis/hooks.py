@@ -261,8 +261,8 @@ class CheckpointMatchHook(Hook):
                 model, checkpoint, source, action='resume from',
                 remedy='Resuming needs a checkpoint of the same model. To start a new run from the weights that fit, '
                        'load it with load_from instead of resuming.')
-        elif self.strict_load:
-            check_checkpoint_matches(model, checkpoint, source, action='load', remedy=self.remedy)
+        elif self.strict_load:  # tools/test.py: the weights are loaded to predict
+            check_checkpoint_matches(model, checkpoint, source, action='load', remedy=self.remedy, inference=True)
         else:
             diff = compare_state_dict(model, state_dict_of(checkpoint))
             if diff:

@@ -45,7 +45,7 @@ def load_model_checkpoint(model, checkpoint: str, allow_partial_load: bool = Fal
             print_log(f'checkpoint {checkpoint} fits the model only partly; loading the weights that fit:\n'
                       f'{diff.describe()}', logger='current', level=30)
     else:
-        check_checkpoint_matches(model, loaded, checkpoint, action='load', remedy=remedy)
+        check_checkpoint_matches(model, loaded, checkpoint, action='load', remedy=remedy, inference=True)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the differences were reported above
         _load_checkpoint_to_model(model, loaded, strict=False)

@@ -16,11 +16,29 @@ from torch import nn
 from .checkpoint import CheckpointError
 
 __all__ = ['CheckpointMismatchError', 'StateDictDiff', 'compare_state_dict', 'check_checkpoint_matches',
-           'state_dict_of']
+           'state_dict_of', 'register_training_only_keys']
 
 #: mmengine's default ``revise_keys`` (a DataParallel / DDP ``module.`` prefix is stripped)
 DEFAULT_REVISE_KEYS: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
 _SHOWN = 5
+_TRAINING_ONLY: List['re.Pattern[str]'] = []
+
+
+def register_training_only_keys(pattern: str) -> None:
+    """Declare state-dict keys (a regex searched in each key) of parameters that only training uses.
+
+    A model configured without such a training-only branch predicts exactly as one with it, so when a
+    checkpoint is loaded for inference (``inference=True`` below) keys matching a registered pattern may
+    be missing from it or surplus to the model. Resuming still requires an exact fit. The modules that own
+    such parameters register their pattern when they are imported (the R-CNN feature mimicking head does).
+    """
+    compiled = re.compile(pattern)
+    if all(p.pattern != pattern for p in _TRAINING_ONLY):
+        _TRAINING_ONLY.append(compiled)
+
+
+def _training_only(key: str) -> bool:
+    return any(p.search(key) for p in _TRAINING_ONLY)
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -83,15 +101,17 @@ def state_dict_of(checkpoint: Any,
     return state
 
 
-def compare_state_dict(model: nn.Module, state: Mapping[str, Any]) -> StateDictDiff:
+def compare_state_dict(model: nn.Module, state: Mapping[str, Any], inference: bool = False) -> StateDictDiff:
     """Compare ``state`` with ``model.state_dict()`` (keys and tensor shapes).
 
-    BatchNorm's ``num_batches_tracked`` counters are ignored when missing, as mmengine does.
+    BatchNorm's ``num_batches_tracked`` counters are ignored when missing, as mmengine does; with
+    ``inference=True`` so are the keys of training-only branches (:func:`register_training_only_keys`).
     """
     own = model.state_dict()
     diff = StateDictDiff()
-    diff.missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
-    diff.unexpected = [k for k in state if k not in own]
+    ignored = _training_only if inference else (lambda key: False)
+    diff.missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked') and not ignored(k)]
+    diff.unexpected = [k for k in state if k not in own and not ignored(k)]
     for k, v in state.items():
         if k in own and hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape):
             diff.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
@@ -99,7 +119,7 @@ def compare_state_dict(model: nn.Module, state: Mapping[str, Any]) -> StateDictD
 
 
 def check_checkpoint_matches(model: nn.Module, checkpoint: Any, source: str, action: str = 'load',
-                             remedy: str = '') -> StateDictDiff:
+                             remedy: str = '', inference: bool = False) -> StateDictDiff:
     """Raise :class:`CheckpointMismatchError` unless ``checkpoint`` fits ``model`` exactly.
 
     Args:
@@ -108,11 +128,13 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Any, source: str, act
         source: the checkpoint's name for the message.
         action: what was being done (``'load'``, ``'resume from'``, ...), for the message.
         remedy: a sentence appended to the message (how to proceed anyway, if one can).
+        inference: the weights are loaded to predict (testing, visualising): training-only branches may
+            differ (:func:`register_training_only_keys`).
 
     Returns:
         The (empty) differences.
     """
-    diff = compare_state_dict(model, state_dict_of(checkpoint))
+    diff = compare_state_dict(model, state_dict_of(checkpoint), inference=inference)
     if diff:
         raise CheckpointMismatchError(
             f'cannot {action} checkpoint {source}: its weights do not fit the model (the architectures differ)\n'

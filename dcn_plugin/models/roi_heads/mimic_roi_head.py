@@ -31,9 +31,15 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import get_box_tensor
 
+from ...utils.state_dict import register_training_only_keys
+
 __all__ = ['MimicRoIHead', 'mimic_cosine_loss', 'crop_image_rois']
 
 _REDUCTIONS = ('mean', 'sum')
+
+# the unshared crop classifier is used by training only: a checkpoint trained with the branch tests with
+# the same model configured without it (and the other way round)
+register_training_only_keys(r'(^|\.)mimic_cls\.')
 
 
 def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
