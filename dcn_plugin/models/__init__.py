@@ -1,6 +1,7 @@
 """mmdet models with deformable convolutions; importing this module registers them.
 
-Registered in mmdet's ``MODELS``: ``DCNResNet``, ``DCNResNeXt`` (backbones), ``DCNFPN`` (neck).
+Registered in mmdet's ``MODELS``: ``DCNResNet``, ``DCNResNeXt`` (backbones), ``DCNFPN`` (neck),
+``DeformRoIExtractor`` (RoI extractor building the deformable RoI pooling layers by name).
 Registered in mmengine's root ``MODELS`` (where mmcv's ``build_norm_layer`` looks, so every
 OpenMMLab scope sees them): ``SampleLN``, ``ChannelLN`` (norm layers).
 """
@@ -8,5 +9,6 @@ from . import layers  # noqa: F401  (norm layers first: the backbones check norm
 from .backbones import DCNResNet, DCNResNeXt
 from .layers import ChannelLayerNorm2d, SampleLayerNorm2d
 from .necks import DCNFPN
+from .roi_extractors import DeformRoIExtractor
 
-__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNFPN', 'SampleLayerNorm2d', 'ChannelLayerNorm2d']
+__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNFPN', 'SampleLayerNorm2d', 'ChannelLayerNorm2d', 'DeformRoIExtractor']
