@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .functional import IntPair, _check_tensors, _pair
+from .functional import IntPair, _check_tensors, _pair, refuse_double_backward
 
 _OP = 'dcn_plugin::deform_roi_pool'
 _BWD = torch.ops.dcn_plugin.deform_roi_pool_backward
@@ -89,15 +89,4 @@ def _backward(ctx, grad_output):
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError(
-        'dcn_plugin: double backward (a gradient of the gradient, e.g. torch.autograd.grad(..., '
-        'create_graph=True) followed by another backward) is not supported by deform_roi_pool')
-
-
-def _setup_backward_context(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd('dcn_plugin::deform_roi_pool_backward', _no_double_backward,
-                                setup_context=_setup_backward_context)
+refuse_double_backward('dcn_plugin::deform_roi_pool_backward', 'deform_roi_pool')
