@@ -48,12 +48,24 @@ __device__ __forceinline__ acc_t tap(const scalar_t* __restrict__ in_b, const Ro
   return valid ? static_cast<acc_t>(in_b[(y * p.w + x) * p.c + c]) : acc_t(0);
 }
 
-template <typename acc_t>
-__device__ __forceinline__ BilinearTaps<acc_t> sample_taps(const RoiBin<acc_t>& g, const RoiPoolParams& p, int64_t iy,
-                                                           int64_t ix, AxisTaps<acc_t>& ay, AxisTaps<acc_t>& ax) {
-  ay = roi_align_axis<acc_t>(g.y.at(iy), p.h);
-  ax = roi_align_axis<acc_t>(g.x.at(ix), p.w);
-  return roi_align_taps<acc_t>(ay, ax, p.h, p.w);
+// Geometry of bin kb of the (K, PH, PW) bins.
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ RoiBin<acc_t> bin_at(const acc_t* __restrict__ rois, const scalar_t* __restrict__ off,
+                                                const RoiPoolParams& p, int64_t kb) {
+  const int64_t bins = p.bins(), k = kb / bins, b = kb % bins;
+  return roi_bin<acc_t, scalar_t>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+}
+
+// f(taps, y axis, x axis) for every sample of bin g that lies on the map (the others are zero).
+template <typename acc_t, typename F>
+__device__ __forceinline__ void for_each_sample(const RoiBin<acc_t>& g, const RoiPoolParams& p, F&& f) {
+  for (int64_t iy = g.y.lo; iy < g.y.hi; ++iy) {
+    const AxisTaps<acc_t> ay = roi_align_axis<acc_t>(g.y.at(iy), p.h);
+    for (int64_t ix = g.x.lo; ix < g.x.hi; ++ix) {
+      const AxisTaps<acc_t> ax = roi_align_axis<acc_t>(g.x.at(ix), p.w);
+      f(roi_align_taps<acc_t>(ay, ax, p.h, p.w), ay, ax);
+    }
+  }
 }
 
 template <typename acc_t>
@@ -70,21 +82,17 @@ __global__ void forward_kernel(const scalar_t* __restrict__ in, const acc_t* __r
                                scalar_t* __restrict__ out) {
   const int64_t bins = p.bins();
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t c = e % p.c, kb = e / p.c, k = kb / bins, b = kb % bins;
-    const RoiBin<acc_t> g = roi_bin<acc_t, scalar_t>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+    const int64_t c = e % p.c, kb = e / p.c;
+    const RoiBin<acc_t> g = bin_at(rois, off, p, kb);
     const scalar_t* in_b = in + g.batch * p.h * p.w * p.c;
     acc_t s = acc_t(0);
-    for (int64_t iy = g.y.lo; iy < g.y.hi; ++iy) {
-      for (int64_t ix = g.x.lo; ix < g.x.hi; ++ix) {
-        AxisTaps<acc_t> ay, ax;
-        const BilinearTaps<acc_t> t = sample_taps(g, p, iy, ix, ay, ax);
-        s += t.w00 * tap<scalar_t, acc_t>(in_b, p, t.v00, t.y0, t.x0, c) +
-             t.w01 * tap<scalar_t, acc_t>(in_b, p, t.v01, t.y0, t.x0 + 1, c) +
-             t.w10 * tap<scalar_t, acc_t>(in_b, p, t.v10, t.y0 + 1, t.x0, c) +
-             t.w11 * tap<scalar_t, acc_t>(in_b, p, t.v11, t.y0 + 1, t.x0 + 1, c);
-      }
-    }
-    out[(k * p.c + c) * bins + b] = static_cast<scalar_t>(s / g.count);
+    for_each_sample(g, p, [&](const BilinearTaps<acc_t>& t, const AxisTaps<acc_t>&, const AxisTaps<acc_t>&) {
+      s += t.w00 * tap<scalar_t, acc_t>(in_b, p, t.v00, t.y0, t.x0, c) +
+           t.w01 * tap<scalar_t, acc_t>(in_b, p, t.v01, t.y0, t.x0 + 1, c) +
+           t.w10 * tap<scalar_t, acc_t>(in_b, p, t.v10, t.y0 + 1, t.x0, c) +
+           t.w11 * tap<scalar_t, acc_t>(in_b, p, t.v11, t.y0 + 1, t.x0 + 1, c);
+    });
+    out[(kb / bins * p.c + c) * bins + kb % bins] = static_cast<scalar_t>(s / g.count);
   }
 }
 
@@ -96,34 +104,30 @@ __global__ void offset_grad_kernel(const scalar_t* __restrict__ grad, const scal
   const int lane = threadIdx.x % kWarp;
   const int64_t warps_total = int64_t(gridDim.x) * (blockDim.x / kWarp), bins = p.bins();
   for (int64_t kb = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; kb < items; kb += warps_total) {
-    const int64_t k = kb / bins, b = kb % bins;
-    const RoiBin<acc_t> g = roi_bin<acc_t, scalar_t>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+    const RoiBin<acc_t> g = bin_at(rois, off, p, kb);
     const scalar_t* in_b = in + g.batch * p.h * p.w * p.c;
     const scalar_t* gr = grad + kb * p.c;
     acc_t sy = acc_t(0), sx = acc_t(0);
-    for (int64_t iy = g.y.lo; iy < g.y.hi; ++iy) {
-      for (int64_t ix = g.x.lo; ix < g.x.hi; ++ix) {
-        AxisTaps<acc_t> ay, ax;
-        const BilinearTaps<acc_t> t = sample_taps(g, p, iy, ix, ay, ax);
-        if (!(ay.moves || ax.moves)) continue;  // the clamp holds the sample still on both axes
-        for (int64_t c = lane; c < p.c; c += kWarp) {
-          const acc_t gv = static_cast<acc_t>(gr[c]);
-          acc_t dy, dx;
-          bilinear_coord_grad(t, tap<scalar_t, acc_t>(in_b, p, t.v00, t.y0, t.x0, c),
-                              tap<scalar_t, acc_t>(in_b, p, t.v01, t.y0, t.x0 + 1, c),
-                              tap<scalar_t, acc_t>(in_b, p, t.v10, t.y0 + 1, t.x0, c),
-                              tap<scalar_t, acc_t>(in_b, p, t.v11, t.y0 + 1, t.x0 + 1, c), dy, dx);
-          if (ay.moves) sy += gv * dy;
-          if (ax.moves) sx += gv * dx;
-        }
+    for_each_sample(g, p, [&](const BilinearTaps<acc_t>& t, const AxisTaps<acc_t>& ay, const AxisTaps<acc_t>& ax) {
+      if (!(ay.moves || ax.moves)) return;  // the clamp holds the sample still on both axes
+      for (int64_t c = lane; c < p.c; c += kWarp) {
+        const acc_t gv = static_cast<acc_t>(gr[c]);
+        acc_t dy, dx;
+        bilinear_coord_grad(t, tap<scalar_t, acc_t>(in_b, p, t.v00, t.y0, t.x0, c),
+                            tap<scalar_t, acc_t>(in_b, p, t.v01, t.y0, t.x0 + 1, c),
+                            tap<scalar_t, acc_t>(in_b, p, t.v10, t.y0 + 1, t.x0, c),
+                            tap<scalar_t, acc_t>(in_b, p, t.v11, t.y0 + 1, t.x0 + 1, c), dy, dx);
+        if (ay.moves) sy += gv * dy;
+        if (ax.moves) sx += gv * dx;
       }
-    }
+    });
 #pragma unroll
     for (int d = kWarp / 2; d > 0; d /= 2) {
       sy += __shfl_down_sync(0xffffffffu, sy, d);
       sx += __shfl_down_sync(0xffffffffu, sx, d);
     }
     if (lane == 0) {
+      const int64_t k = kb / bins, b = kb % bins;
       g_off[k * 2 * bins + b] = static_cast<scalar_t>(g.dx_scale * sx / g.count);
       g_off[k * 2 * bins + bins + b] = static_cast<scalar_t>(g.dy_scale * sy / g.count);
     }
@@ -134,22 +138,17 @@ template <typename scalar_t, typename acc_t>
 __global__ void input_grad_atomic_kernel(const scalar_t* __restrict__ grad, const acc_t* __restrict__ rois,
                                          const scalar_t* __restrict__ off, RoiPoolParams p, int64_t total,
                                          acc_t* __restrict__ g_in) {
-  const int64_t bins = p.bins();
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t c = e % p.c, kb = e / p.c, k = kb / bins, b = kb % bins;
-    const RoiBin<acc_t> g = roi_bin<acc_t, scalar_t>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+    const int64_t c = e % p.c;
+    const RoiBin<acc_t> g = bin_at(rois, off, p, e / p.c);
     const acc_t gv = static_cast<acc_t>(grad[e]) / g.count;  // grad rows: e = kb * C + c
     acc_t* base = g_in + g.batch * p.h * p.w * p.c + c;
-    for (int64_t iy = g.y.lo; iy < g.y.hi; ++iy) {
-      for (int64_t ix = g.x.lo; ix < g.x.hi; ++ix) {
-        AxisTaps<acc_t> ay, ax;
-        const BilinearTaps<acc_t> t = sample_taps(g, p, iy, ix, ay, ax);
-        if (t.v00) gpuAtomicAdd(base + (t.y0 * p.w + t.x0) * p.c, t.w00 * gv);
-        if (t.v01) gpuAtomicAdd(base + (t.y0 * p.w + t.x0 + 1) * p.c, t.w01 * gv);
-        if (t.v10) gpuAtomicAdd(base + ((t.y0 + 1) * p.w + t.x0) * p.c, t.w10 * gv);
-        if (t.v11) gpuAtomicAdd(base + ((t.y0 + 1) * p.w + t.x0 + 1) * p.c, t.w11 * gv);
-      }
-    }
+    for_each_sample(g, p, [&](const BilinearTaps<acc_t>& t, const AxisTaps<acc_t>&, const AxisTaps<acc_t>&) {
+      if (t.v00) gpuAtomicAdd(base + (t.y0 * p.w + t.x0) * p.c, t.w00 * gv);
+      if (t.v01) gpuAtomicAdd(base + (t.y0 * p.w + t.x0 + 1) * p.c, t.w01 * gv);
+      if (t.v10) gpuAtomicAdd(base + ((t.y0 + 1) * p.w + t.x0) * p.c, t.w10 * gv);
+      if (t.v11) gpuAtomicAdd(base + ((t.y0 + 1) * p.w + t.x0 + 1) * p.c, t.w11 * gv);
+    });
   }
 }
 
@@ -157,10 +156,8 @@ __global__ void input_grad_atomic_kernel(const scalar_t* __restrict__ grad, cons
 template <typename scalar_t, typename acc_t>
 __global__ void tap_count_kernel(const acc_t* __restrict__ rois, const scalar_t* __restrict__ off, RoiPoolParams p,
                                  int64_t items, int64_t* __restrict__ counts) {
-  const int64_t bins = p.bins();
   for (int64_t kb = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; kb < items; kb += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t k = kb / bins, b = kb % bins;
-    const RoiBin<acc_t> g = roi_bin<acc_t, scalar_t>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+    const RoiBin<acc_t> g = bin_at(rois, off, p, kb);
     counts[kb] = 4 * (g.y.hi - g.y.lo) * (g.x.hi - g.x.lo);
   }
 }
@@ -171,25 +168,19 @@ template <typename scalar_t, typename acc_t>
 __global__ void tap_entries_kernel(const acc_t* __restrict__ rois, const scalar_t* __restrict__ off, RoiPoolParams p,
                                    int64_t items, const int64_t* __restrict__ starts, int64_t* __restrict__ keys,
                                    acc_t* __restrict__ coef, int64_t* __restrict__ src) {
-  const int64_t bins = p.bins();
   for (int64_t kb = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; kb < items; kb += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t k = kb / bins, b = kb % bins;
-    const RoiBin<acc_t> g = roi_bin<acc_t, scalar_t>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+    const RoiBin<acc_t> g = bin_at(rois, off, p, kb);
     int64_t j = starts[kb];
-    for (int64_t iy = g.y.lo; iy < g.y.hi; ++iy) {
-      for (int64_t ix = g.x.lo; ix < g.x.hi; ++ix) {
-        AxisTaps<acc_t> ay, ax;
-        const BilinearTaps<acc_t> t = sample_taps(g, p, iy, ix, ay, ax);
-        const bool valid[4] = {t.v00, t.v01, t.v10, t.v11};
-        const acc_t w[4] = {t.w00, t.w01, t.w10, t.w11};
-        for (int q = 0; q < 4; ++q, ++j) {
-          const int64_t y = t.y0 + q / 2, x = t.x0 + q % 2;
-          keys[j] = valid[q] ? (g.batch * p.h + y) * p.w + x : kNoPixel;
-          coef[j] = valid[q] ? w[q] / g.count : acc_t(0);
-          src[j] = kb;
-        }
+    for_each_sample(g, p, [&](const BilinearTaps<acc_t>& t, const AxisTaps<acc_t>&, const AxisTaps<acc_t>&) {
+      const bool valid[4] = {t.v00, t.v01, t.v10, t.v11};
+      const acc_t w[4] = {t.w00, t.w01, t.w10, t.w11};
+      for (int q = 0; q < 4; ++q, ++j) {
+        const int64_t y = t.y0 + q / 2, x = t.x0 + q % 2;
+        keys[j] = valid[q] ? (g.batch * p.h + y) * p.w + x : kNoPixel;
+        coef[j] = valid[q] ? w[q] / g.count : acc_t(0);
+        src[j] = kb;
       }
-    }
+    });
   }
 }
 
