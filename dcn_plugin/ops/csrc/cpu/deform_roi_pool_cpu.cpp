@@ -201,7 +201,8 @@ struct Geometry {
   std::vector<AxisEntry<T>> entries;
 };
 
-// The taps of the inside samples of one axis, merged by index (increasing): at most 2 * (hi - lo).
+// The taps of the inside samples of one axis, merged by index (strictly increasing): at most
+// axis_capacity entries.
 template <typename T>
 int64_t axis_entries(const BinAxis<T>& a, int64_t size, AxisEntry<T>* out) {
   int64_t n = 0;
@@ -225,18 +226,28 @@ int64_t axis_entries(const BinAxis<T>& a, int64_t size, AxisEntry<T>* out) {
   return n;
 }
 
+// Room for the entries of one axis: 2 per sample, and never more than the feature rows (columns)
+// the samples span (indices are distinct), so dense sampling does not cost memory.
+template <typename T>
+int64_t axis_capacity(const BinAxis<T>& a, int64_t size) {
+  if (a.hi <= a.lo) return 0;
+  const int64_t first = roi_align_axis<T>(a.at(a.lo), size).i0, last = roi_align_axis<T>(a.at(a.hi - 1), size).i0;
+  return std::min(2 * (a.hi - a.lo), last - first + 2);
+}
+
 template <typename T>
 Geometry<T> build_geometry(const T* rois, const T* off, const RoiPoolParams& p) {
   const int64_t bins = p.bins(), total = p.k * bins;
   std::vector<RoiBin<T>> rb(total);
-  std::vector<int64_t> start(total + 1, 0);
+  std::vector<int64_t> start(total + 1, 0), rows_cap(total);
   at::parallel_for(0, p.k, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t b = 0; b < bins; ++b) {
-        RoiBin<T>& r = rb[k * bins + b];
-        r = roi_bin<T, T>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
-        start[k * bins + b + 1] = 2 * ((r.y.hi - r.y.lo) + (r.x.hi - r.x.lo));  // capacity
-      }
+    for (int64_t i = k0 * bins; i < k1 * bins; ++i) {
+      const int64_t k = i / bins, b = i % bins;
+      RoiBin<T>& r = rb[i];
+      r = roi_bin<T, T>(rois + 5 * k, off, p, k, b / p.pw, b % p.pw);
+      rows_cap[i] = axis_capacity(r.y, p.h);
+      start[i + 1] = rows_cap[i] + axis_capacity(r.x, p.w);
+    }
   });
   for (int64_t i = 0; i < total; ++i) start[i + 1] += start[i];
   Geometry<T> g;
@@ -249,7 +260,7 @@ Geometry<T> build_geometry(const T* rois, const T* off, const RoiPoolParams& p) 
       bg.batch = r.batch;
       bg.rows = start[i];
       bg.n_rows = axis_entries<T>(r.y, p.h, g.entries.data() + bg.rows);
-      bg.cols = start[i] + 2 * (r.y.hi - r.y.lo);
+      bg.cols = start[i] + rows_cap[i];
       bg.n_cols = axis_entries<T>(r.x, p.w, g.entries.data() + bg.cols);
       bg.inv_count = T(1) / r.count;
       bg.dy_scale = r.dy_scale;
