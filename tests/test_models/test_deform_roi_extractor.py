@@ -167,3 +167,18 @@ def test_mmdet_state_dict_loads_strictly_into_our_config(ours, theirs):
     model.load_state_dict(state, strict=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_a_pretrained_init_cfg_has_the_last_word(tmp_path):
+    layer = dict(type='ModulatedDeformRoIPoolPack', output_size=2, output_channels=8, deform_fc_channels=4)
+    trained = _extractor(layer)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.normal_()
+    path = tmp_path / 'extractor.pth'
+    torch.save(trained.state_dict(), path)
+    ext = _extractor(layer, init_cfg=[dict(type='Normal', layer='Linear', std=1.0),
+                                      dict(type='Pretrained', checkpoint=str(path))])
+    ext.init_weights()
+    for k, v in trained.state_dict().items():
+        assert torch.equal(ext.state_dict()[k], v), k

@@ -7,6 +7,7 @@ from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
+from ..layers.init import init_then_reset_then_pretrained
 from ...ops.roi_pool_modules import (DeformRoIPool, DeformRoIPoolPack, LearnedOffsetRoIPool,
                                      ModulatedDeformRoIPoolPack)
 
@@ -44,7 +45,7 @@ class DeformRoIExtractor(SingleRoIExtractor):
             ``roi_layers`` are plain ``DeformRoIPool`` s; the branch runs once on the RoIs of all
             levels. Default False.
         init_cfg (dict, optional): as mmdet's; the RoI layers' branches are zero-initialised after it
-            (their own ``init_weights``).
+            (their own ``init_weights``), a ``Pretrained`` entry is applied last.
 
     State dict: with ``share_offset_branch=False`` it is mmdet's (``roi_layers.{i}.offset_fc.*``,
     ``roi_layers.{i}.mask_fc.*``), so mmdet mdpool / dpool checkpoints load strictly; with True,
@@ -89,8 +90,11 @@ class DeformRoIExtractor(SingleRoIExtractor):
                               for s in featmap_strides])
 
     def init_weights(self) -> None:
-        super().init_weights()
-        # after any init_cfg of this module: the branches' last layers start at zero (RoIAlign, mask 0.5)
+        """mmdet's init (``init_cfg``), then the branches' own init (last layers zero: RoIAlign, mask
+        0.5), then the ``Pretrained`` entries of ``init_cfg``."""
+        init_then_reset_then_pretrained(self, super().init_weights, self._init_branches)
+
+    def _init_branches(self) -> None:
         for m in self.modules():
             if isinstance(m, LearnedOffsetRoIPool):
                 m.init_weights()
