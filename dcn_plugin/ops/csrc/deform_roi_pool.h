@@ -172,4 +172,24 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_backward_impl(const RoiPoolBackend& 
                                                           int64_t sampling_ratio, double gamma,
                                                           std::array<bool, 2> output_mask);
 
+// The op's kernels for one backend: TORCH_LIBRARY_IMPL(dcn_plugin, <key>, m) registers
+// &roi_pool_forward_kernel<kBackend> and &roi_pool_backward_kernel<kBackend>.
+template <const RoiPoolBackend& be>
+at::Tensor roi_pool_forward_kernel(const at::Tensor& input, const at::Tensor& rois,
+                                   const std::optional<at::Tensor>& offset, at::IntArrayRef output_size,
+                                   double spatial_scale, int64_t sampling_ratio, double gamma) {
+  return roi_pool_forward_impl(be, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma);
+}
+
+template <const RoiPoolBackend& be>
+std::tuple<at::Tensor, at::Tensor> roi_pool_backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
+                                                            const at::Tensor& rois,
+                                                            const std::optional<at::Tensor>& offset,
+                                                            at::IntArrayRef output_size, double spatial_scale,
+                                                            int64_t sampling_ratio, double gamma,
+                                                            std::array<bool, 2> output_mask) {
+  return roi_pool_backward_impl(be, grad_output, input, rois, offset, output_size, spatial_scale, sampling_ratio,
+                                gamma, output_mask);
+}
+
 }  // namespace dcn_plugin

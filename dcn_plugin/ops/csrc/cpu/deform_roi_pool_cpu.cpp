@@ -415,26 +415,11 @@ void backward_rows_cpu(const at::Tensor& grad, const at::Tensor& in, const at::T
 
 const RoiPoolBackend kCpuRoiPool{&first_bad_roi_cpu, &transpose_last2_cpu, &forward_rows_cpu, &backward_rows_cpu};
 
-at::Tensor deform_roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois, const std::optional<at::Tensor>& offset,
-                               at::IntArrayRef output_size, double spatial_scale, int64_t sampling_ratio, double gamma) {
-  return roi_pool_forward_impl(kCpuRoiPool, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma);
-}
-
-std::tuple<at::Tensor, at::Tensor> deform_roi_pool_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                                                const at::Tensor& rois,
-                                                                const std::optional<at::Tensor>& offset,
-                                                                at::IntArrayRef output_size, double spatial_scale,
-                                                                int64_t sampling_ratio, double gamma,
-                                                                std::array<bool, 2> output_mask) {
-  return roi_pool_backward_impl(kCpuRoiPool, grad_output, input, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma, output_mask);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dcn_plugin, CPU, m) {
-  m.impl("deform_roi_pool", &deform_roi_pool_cpu);
-  m.impl("deform_roi_pool_backward", &deform_roi_pool_backward_cpu);
+  m.impl("deform_roi_pool", &roi_pool_forward_kernel<kCpuRoiPool>);
+  m.impl("deform_roi_pool_backward", &roi_pool_backward_kernel<kCpuRoiPool>);
 }
 
 }  // namespace dcn_plugin

@@ -16,7 +16,7 @@
 //   deterministic input gradient (torch.use_deterministic_algorithms(True)): every (bin, sample, tap)
 //                              is keyed by the input pixel it touches, the keys are sorted stably, and one
 //                              thread per (pixel, channel) sums its contributions in sorted order: the
-//                              same bits every run.
+//                              same bits every run (one more synchronisation: the number of entries).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -294,27 +294,11 @@ void backward_rows_cuda(const at::Tensor& grad, const at::Tensor& in, const at::
 const RoiPoolBackend kCudaRoiPool{&first_bad_roi_cuda, &transpose_last2_cuda, &forward_rows_cuda,
                                   &backward_rows_cuda};
 
-at::Tensor deform_roi_pool_cuda(const at::Tensor& input, const at::Tensor& rois, const std::optional<at::Tensor>& offset,
-                                at::IntArrayRef output_size, double spatial_scale, int64_t sampling_ratio,
-                                double gamma) {
-  return roi_pool_forward_impl(kCudaRoiPool, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma);
-}
-
-std::tuple<at::Tensor, at::Tensor> deform_roi_pool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                                                 const at::Tensor& rois,
-                                                                 const std::optional<at::Tensor>& offset,
-                                                                 at::IntArrayRef output_size, double spatial_scale,
-                                                                 int64_t sampling_ratio, double gamma,
-                                                                 std::array<bool, 2> output_mask) {
-  return roi_pool_backward_impl(kCudaRoiPool, grad_output, input, rois, offset, output_size, spatial_scale,
-                                sampling_ratio, gamma, output_mask);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dcn_plugin, CUDA, m) {
-  m.impl("deform_roi_pool", &deform_roi_pool_cuda);
-  m.impl("deform_roi_pool_backward", &deform_roi_pool_backward_cuda);
+  m.impl("deform_roi_pool", &roi_pool_forward_kernel<kCudaRoiPool>);
+  m.impl("deform_roi_pool_backward", &roi_pool_backward_kernel<kCudaRoiPool>);
 }
 
 }  // namespace dcn_plugin
