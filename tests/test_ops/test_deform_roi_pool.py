@@ -9,29 +9,10 @@ import torchvision
 from dcn_plugin.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool
 from dcn_plugin.ops.reference import deform_roi_pool_reference
 
+from roi_pool_cases import HYPER, make_case
+
 OP = torch.ops.dcn_plugin.deform_roi_pool
 BWD = torch.ops.dcn_plugin.deform_roi_pool_backward
-
-
-def make_case(n=2, c=3, h=9, w=11, k=6, out=(3, 2), offset=True, dtype=torch.float64, seed=0, spread=1.0,
-              requires_grad=False):
-    """Random input, RoIs (some hanging over the borders) and offsets."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
-    # image coordinates at stride 2 (spatial_scale 0.5): the map covers [0, 2w) x [0, 2h)
-    x1 = torch.rand(k, generator=g, dtype=torch.float64) * 2 * w * spread - 3
-    y1 = torch.rand(k, generator=g, dtype=torch.float64) * 2 * h * spread - 3
-    rw = torch.rand(k, generator=g, dtype=torch.float64) * 2 * w * 0.8 + 0.3
-    rh = torch.rand(k, generator=g, dtype=torch.float64) * 2 * h * 0.8 + 0.3
-    b = torch.randint(n, (k,), generator=g).to(torch.float64)
-    rois = torch.stack([b, x1, y1, x1 + rw, y1 + rh], 1)
-    off = torch.randn(k, 2, *out, generator=g, dtype=torch.float64) * 0.4 if offset else None
-    tensors = [x.to(dtype), rois.to(dtype), None if off is None else off.to(dtype)]
-    if requires_grad:
-        tensors[0].requires_grad_()
-        if tensors[2] is not None:
-            tensors[2].requires_grad_()
-    return tensors
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -86,15 +67,7 @@ def test_without_offset_it_is_torchvision_roi_align_aligned(sampling_ratio, dtyp
 
 
 # ----------------------------------------------------------------------------- reference parity
-CASES = {
-    'adaptive grid': dict(sampling_ratio=0, spatial_scale=0.5, gamma=0.1),
-    'fixed 2x2 grid': dict(sampling_ratio=2, spatial_scale=0.5, gamma=0.1),
-    'large gamma (samples leave the map)': dict(sampling_ratio=3, spatial_scale=0.5, gamma=1.5),
-    'scale 1, 1x1 grid': dict(sampling_ratio=1, spatial_scale=1.0, gamma=0.3),
-}
-
-
-@pytest.mark.parametrize('params', CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize('params', HYPER.values(), ids=HYPER.keys())
 def test_forward_and_gradients_match_the_reference_in_float64(params):
     x, rois, off = make_case(requires_grad=True, spread=1.2)
     out = deform_roi_pool(x, rois, off, (3, 2), **params)

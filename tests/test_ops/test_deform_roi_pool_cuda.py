@@ -8,6 +8,8 @@ the module is skipped.
 import pytest
 import torch
 
+import roi_pool_cases
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU'),
@@ -28,19 +30,9 @@ def _needs_cuda_kernels():
         pytest.fail('dcn_plugin was built without its CUDA kernels: rebuild with FORCE_CUDA=1')
 
 
-def make_case(n=2, c=19, h=13, w=17, k=33, out=(4, 3), seed=0, offset_std=0.4):
-    """CPU float64 input, RoIs (some over the borders, one degenerate) and offsets."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
-    x1 = torch.rand(k, generator=g, dtype=torch.float64) * 2 * w * 1.2 - 4
-    y1 = torch.rand(k, generator=g, dtype=torch.float64) * 2 * h * 1.2 - 4
-    rw = torch.rand(k, generator=g, dtype=torch.float64) * 2 * w * 0.8 + 0.3
-    rh = torch.rand(k, generator=g, dtype=torch.float64) * 2 * h * 0.8 + 0.3
-    b = torch.randint(n, (k,), generator=g).to(torch.float64)
-    rois = torch.stack([b, x1, y1, x1 + rw, y1 + rh], 1)
-    rois[0, 3], rois[0, 4] = rois[0, 1], rois[0, 2]  # a point
-    off = torch.randn(k, 2, *out, generator=g, dtype=torch.float64) * offset_std
-    return x, rois, off
+def make_case(n=2, c=19, h=13, w=17, k=33, out=(4, 3), seed=0):
+    """CPU float64 input, RoIs (some over the borders, one a point) and offsets."""
+    return roi_pool_cases.make_case(n=n, c=c, h=h, w=w, k=k, out=out, seed=seed, spread=1.2, point=True)
 
 
 def _run(x, rois, off, device, dtype=torch.float64, rois_dtype=None, **params):
@@ -52,15 +44,7 @@ def _run(x, rois, off, device, dtype=torch.float64, rois_dtype=None, **params):
     return (out,) + grads
 
 
-PARAMS = {
-    'adaptive': dict(spatial_scale=0.5, sampling_ratio=0, gamma=0.1),
-    'fixed 2x2': dict(spatial_scale=0.5, sampling_ratio=2, gamma=0.1),
-    'large gamma': dict(spatial_scale=0.5, sampling_ratio=3, gamma=1.5),
-    'scale 1': dict(spatial_scale=1.0, sampling_ratio=1, gamma=0.3),
-}
-
-
-@pytest.mark.parametrize('params', PARAMS.values(), ids=PARAMS.keys())
+@pytest.mark.parametrize('params', roi_pool_cases.HYPER.values(), ids=roi_pool_cases.HYPER.keys())
 @pytest.mark.parametrize('with_offset', [True, False])
 def test_cuda_matches_cpu_in_float64(params, with_offset):
     x, rois, off = make_case()
