@@ -14,6 +14,10 @@ Semantics are mmcv's ``deform_roi_pool``, so mmcv/mmdet models and numbers carry
   along x and ``gamma * roi_height * offset[k, 1, ph, pw]`` along y (feature-map units); ``None`` is
   plain pooling (RoIAlign with ``aligned=True``: torchvision's ``roi_align(..., aligned=True)``).
 
+The gradients are those of this forward: where the border clamp holds a sample still, its offset
+gradient along that axis is zero (mmcv's CUDA kernel computes the offset gradient from the unclamped
+coordinates, so the two differ for samples in the one-pixel border band; the outputs agree).
+
 The operators are ``torch.ops.dcn_plugin.deform_roi_pool`` and ``deform_roi_pool_backward`` (gradients
 of input and offset; ``rois`` get none, as in mmcv): real custom ops with autograd (registered here) and
 Meta kernels (in C++, with the op's validator), so ``torch.compile(fullgraph=True)`` and
