@@ -13,6 +13,8 @@ import importlib.util
 from . import ops  # noqa: F401  (registers torch.ops.dcn_plugin.*)
 from .ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa: F401
                   ModulatedDeformConv2dPack, deform_conv2d, modulated_deform_conv2d)
+from .ops import (DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack,  # noqa: F401
+                  deform_roi_pool)
 
 __version__ = '0.1.0'
 
@@ -26,4 +28,5 @@ if importlib.util.find_spec('mmdet') is not None:
     from . import datasets  # noqa: F401
 
 __all__ = ['ops', 'modulated_deform_conv2d', 'deform_conv2d', 'ModulatedDeformConv2d',
-           'ModulatedDeformConv2dPack', 'DeformConv2d', 'DeformConv2dPack', '__version__']
+           'ModulatedDeformConv2dPack', 'DeformConv2d', 'DeformConv2dPack', '__version__', 'deform_roi_pool',
+           'DeformRoIPool', 'DeformRoIPoolPack', 'ModulatedDeformRoIPoolPack']

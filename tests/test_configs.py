@@ -35,7 +35,10 @@ def _build(cfg):
 def test_there_are_configs():
     names = {osp.basename(p) for p in CONFIGS}
     for expected in ('faster-rcnn_r50_fpn_1x_coco.py', 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
-                     'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py'):
+                     'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
+                     'faster-rcnn_r50_fpn_dpool_1x_coco.py', 'faster-rcnn_r50_fpn_mdpool_1x_coco.py',
+                     'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py',
+                     'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py'):
         assert expected in names
 
 
@@ -75,13 +78,39 @@ def test_config_builds_its_model(path):
         assert model.backbone.depth == 101
     if '_amp-' in name:
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    _check_roi_pooling(name, model)
+
+
+def _check_roi_pooling(name, model):
+    from dcn_plugin.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
+    extractor = model.roi_head.bbox_roi_extractor
+    layers = list(extractor.roi_layers)
+    if '_dpool' not in name and '_mdpool' not in name:
+        assert not any(isinstance(m, DeformRoIPool) for m in model.modules())
+        return
+    assert type(extractor).__name__ == 'DeformRoIExtractor'
+    want = ModulatedDeformRoIPoolPack if '_mdpool' in name else DeformRoIPoolPack
+    if extractor.share_offset_branch:  # the DCNv2 paper's form: one branch, plain pooling per level
+        assert type(extractor.offset_branch) is want and all(type(m) is DeformRoIPool for m in layers)
+        assert extractor.offset_branch.branch == 'paper' and layers[0].sampling_ratio == 2
+    else:  # mmdet's layout: one branch per level
+        assert all(type(m) is want for m in layers) and len(layers) == 4
+    assert [m.spatial_scale for m in layers] == [1 / s for s in extractor.featmap_strides]
+    # the parameter counts docs/models.md gives
+    branch_params = sum(p.numel() for p in extractor.parameters())
+    expected = {'faster-rcnn_r50_fpn_dpool_1x_coco.py': 4 * 13_996_130,
+                'faster-rcnn_r50_fpn_mdpool_1x_coco.py': 4 * 26_892_435,
+                'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py': 14_046_355,
+                'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py': 906_643}
+    assert branch_params == expected[name]
 
 
 def test_demo_configs_run_forward_and_match_the_generator():
     from dcn_plugin.datasets import DEMO_CLASSES
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
-    for name in ('faster-rcnn_r18_fpn_gn-all_demo-shapes.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py'):
+    for name in ('faster-rcnn_r18_fpn_gn-all_demo-shapes.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
+                 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py'):
         cfg = _load(osp.join(ROOT, 'configs', 'demo', name))
         assert tuple(cfg.metainfo['classes']) == DEMO_CLASSES
         assert cfg.model.roi_head.bbox_head.num_classes == len(DEMO_CLASSES)

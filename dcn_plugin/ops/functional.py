@@ -194,3 +194,20 @@ def _setup_backward_context(ctx, inputs, output):
 # must fail loudly rather than return zeros
 torch.library.register_autograd('dcn_plugin::modulated_deform_conv2d_backward', _no_double_backward,
                                 setup_context=_setup_backward_context)
+
+
+def refuse_double_backward(backward_op: str, op_name: str) -> None:
+    """Register an autograd for ``backward_op`` that raises NotImplementedError.
+
+    First-order gradients never record a graph through a backward op; a second-order one would, and
+    must fail loudly rather than return zeros.
+    """
+    def refuse(ctx, *grads):
+        raise NotImplementedError(
+            'dcn_plugin: double backward (a gradient of the gradient, e.g. torch.autograd.grad(..., '
+            f'create_graph=True) followed by another backward) is not supported by {op_name}')
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd(backward_op, refuse, setup_context=setup_context)

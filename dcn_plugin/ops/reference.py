@@ -73,3 +73,43 @@ def modulated_deform_conv2d_reference(input: Tensor, offset: Tensor, mask: Optio
     if bias is not None:
         out = out + bias.view(1, o, 1, 1)
     return out
+
+
+def deform_roi_pool_reference(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: IntPair,
+                              spatial_scale: float = 1.0, sampling_ratio: int = 0, gamma: float = 0.1) -> Tensor:
+    """Reference deformable RoI pooling (mmcv's semantics; shapes as in :func:`deform_roi_pool`).
+
+    Written from the definition, one RoI at a time: every sample of every bin is drawn explicitly and
+    averaged, RoIAlign's border rule being bilinear sampling at coordinates clamped into the map, with
+    samples outside ``[-1, size]`` set to zero. Differentiable in ``input`` and ``offset``.
+    """
+    ph, pw = _pair(output_size)
+    h, w = input.shape[2:]
+    outs = []
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        x1, y1, x2, y2 = (rois[k, j].to(input.dtype) * spatial_scale - 0.5 for j in range(1, 5))
+        roi_w, roi_h = x2 - x1, y2 - y1
+        bin_h, bin_w = roi_h / ph, roi_w / pw
+        gh = sampling_ratio if sampling_ratio > 0 else int(torch.ceil(bin_h))
+        gw = sampling_ratio if sampling_ratio > 0 else int(torch.ceil(bin_w))
+        if offset is None:
+            shift_x = shift_y = input.new_zeros(ph, pw)
+        else:
+            shift_x, shift_y = gamma * roi_w * offset[k, 0], gamma * roi_h * offset[k, 1]
+        # sample coordinates (PH, PW, gh, gw)
+        iy = (torch.arange(gh, dtype=input.dtype) + 0.5) * bin_h / max(gh, 1)
+        ix = (torch.arange(gw, dtype=input.dtype) + 0.5) * bin_w / max(gw, 1)
+        py = torch.arange(ph, dtype=input.dtype) * bin_h
+        px = torch.arange(pw, dtype=input.dtype) * bin_w
+        y = (y1 + shift_y)[:, :, None, None] + py[:, None, None, None] + iy[None, None, :, None]
+        x = (x1 + shift_x)[:, :, None, None] + px[None, :, None, None] + ix[None, None, None, :]
+        y, x = torch.broadcast_tensors(y, x)
+        inside = ((y >= -1) & (y <= h) & (x >= -1) & (x <= w)).to(input.dtype)
+        v = bilinear_sample(input[b:b + 1], y.clamp(0, h - 1).reshape(1, ph * pw, gh * gw),
+                            x.clamp(0, w - 1).reshape(1, ph * pw, gh * gw))[0]  # (C, PH*PW, gh*gw)
+        v = v * inside.reshape(1, ph * pw, gh * gw)
+        outs.append(v.sum(-1).reshape(-1, ph, pw) / max(gh * gw, 1))
+    if not outs:
+        return input.new_zeros(0, input.shape[1], ph, pw)
+    return torch.stack(outs)

@@ -4,10 +4,10 @@ from typing import Any, Dict, List, Optional, Union
 from mmcv.cnn import ConvModule, build_conv_layer
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
-from mmengine.model.weight_init import PretrainedInit, initialize
 from torch import nn
 
 from ..layers.dcn import DCN_LAYERS, layer_cfg, resolve_dcn_cfg
+from ..layers.init import init_then_reset_then_pretrained
 from ..layers.norm import check_norm_cfg
 
 ConfigDict = Dict[str, Any]
@@ -118,20 +118,7 @@ class DCNFPN(FPN):
         not reach the convs inside FPN's ``nn.ModuleList`` s with their own ``init_weights()``, so the
         offsets are reset here, before any checkpoint is loaded.
         """
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg] if self.init_cfg else []
-        pretrained = [c for c in cfgs if c.get('type') in ('Pretrained', PretrainedInit)]
-        if not pretrained:
-            super().init_weights()
-            self._zero_offsets()
-            return
-        original = self.init_cfg
-        self.init_cfg = [c for c in cfgs if c not in pretrained]
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = original
-        self._zero_offsets()
-        initialize(self, pretrained)
+        init_then_reset_then_pretrained(self, super().init_weights, self._zero_offsets)
 
     def _zero_offsets(self) -> None:
         for m in self.modules():

@@ -100,4 +100,50 @@ DCN_HOST_DEVICE void bilinear_coord_grad(const BilinearTaps<acc_t>& t, acc_t v00
   d_dx = hy * (v01 - v00) + t.ly * (v11 - v10);
 }
 
+// ------------------------------------------------------------------------------------------------
+// RoIAlign's border rule (torchvision's and mmcv's roi_align, mmcv's deform_roi_pool), used by the
+// deformable RoI pooling. It differs from the convolution's rule above near the border: a coordinate
+// in [-1, 0] reads row (column) 0 with full weight, one in [size - 1, size] reads the last row with
+// full weight, and only a coordinate outside [-1, size] (or NaN) makes the whole sample zero.
+
+// One axis of a sample under RoIAlign's border rule: taps i0 (weight 1 - l) and i0 + 1 (weight l,
+// read only when i0 + 1 < size; l is 0 otherwise).
+template <typename acc_t>
+struct AxisTaps {
+  int64_t i0;
+  acc_t l;      // in [0, 1)
+  bool valid;   // the coordinate lies in [-1, size]; otherwise the whole sample is zero
+  bool moves;   // 0 < v < size - 1: the sampled value follows v (elsewhere the clamp holds it still, so
+                // its derivative with respect to v is zero)
+};
+
+template <typename acc_t>
+DCN_HOST_DEVICE AxisTaps<acc_t> roi_align_axis(acc_t v, int64_t size) {
+  AxisTaps<acc_t> a;
+  a.i0 = 0;
+  a.l = acc_t(0);
+  a.moves = false;
+  a.valid = v >= acc_t(-1) && v <= static_cast<acc_t>(size);  // false for NaN
+  if (!a.valid || v <= acc_t(0)) return a;
+  const int64_t i0 = static_cast<int64_t>(v);  // v in (0, size]: truncation is floor
+  if (i0 >= size - 1) {
+    a.i0 = size - 1;
+    return a;
+  }
+  a.i0 = i0;
+  a.l = v - static_cast<acc_t>(i0);
+  a.moves = true;
+  return a;
+}
+
+// The four taps of the sample whose axes are (ay, ax), under RoIAlign's border rule. The weights are
+// bilinear_taps_at's; the coordinate gradient is bilinear_coord_grad's times ay.moves / ax.moves.
+template <typename acc_t>
+DCN_HOST_DEVICE BilinearTaps<acc_t> roi_align_taps(const AxisTaps<acc_t>& ay, const AxisTaps<acc_t>& ax,
+                                                   int64_t height, int64_t width) {
+  if (!(ay.valid && ax.valid))  // an offset at the limit: bilinear_taps_at's zero sample
+    return bilinear_taps_at<acc_t>(0, 0, max_sampling_offset<acc_t>(), acc_t(0), height, width);
+  return bilinear_taps_at<acc_t>(ay.i0, ax.i0, ay.l, ax.l, height, width);
+}
+
 }  // namespace dcn_plugin

@@ -81,6 +81,14 @@ TORCH_LIBRARY(dcn_plugin, m) {
       "modulated_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor? mask, "
       "Tensor weight, int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups, "
       "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // deformable RoI pooling (deform_roi_pool.cpp); offset None = RoIAlign-style pooling. The backward
+  // gives the gradients of input and offset (output_mask says which; the other comes back empty).
+  m.def(
+      "deform_roi_pool(Tensor input, Tensor rois, Tensor? offset, int[2] output_size, float spatial_scale, "
+      "int sampling_ratio, float gamma) -> Tensor");
+  m.def(
+      "deform_roi_pool_backward(Tensor grad_output, Tensor input, Tensor rois, Tensor? offset, int[2] output_size, "
+      "float spatial_scale, int sampling_ratio, float gamma, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def("_source_digest() -> str", &source_digest);
   m.def("_built_with_cuda() -> bool", &built_with_cuda);
 }
@@ -91,6 +99,39 @@ TORCH_LIBRARY_IMPL(dcn_plugin, AutocastCUDA, m) {
 
 TORCH_LIBRARY_IMPL(dcn_plugin, AutocastCPU, m) {
   m.impl("modulated_deform_conv2d", forward_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
+}
+
+// ----------------------------------------------------------------------------- deform_roi_pool autocast
+// As the convolution: the autocast dtype on CUDA, float32 on CPU. The RoIs are cast to float32, not to
+// half: image coordinates in half precision would lose whole pixels.
+namespace {
+
+template <c10::DispatchKey autocast_key, c10::DeviceType device_type>
+at::Tensor deform_roi_pool_autocast(const at::Tensor& input, const at::Tensor& rois,
+                                    const std::optional<at::Tensor>& offset, at::IntArrayRef output_size,
+                                    double spatial_scale, int64_t sampling_ratio, double gamma) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
+  const at::ScalarType to = device_type == c10::DeviceType::CUDA ? at::autocast::get_autocast_dtype(at::kCUDA)
+                                                                 : at::kFloat;
+  std::optional<at::Tensor> off = offset;
+  if (off.has_value() && off->defined()) off = at::autocast::cached_cast(to, *off, device_type);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dcn_plugin::deform_roi_pool", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         at::IntArrayRef, double, int64_t, double)>();
+  return op.call(at::autocast::cached_cast(to, input, device_type),
+                 at::autocast::cached_cast(at::kFloat, rois, device_type), off, output_size, spatial_scale,
+                 sampling_ratio, gamma);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcn_plugin, AutocastCUDA, m) {
+  m.impl("deform_roi_pool", deform_roi_pool_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
+}
+
+TORCH_LIBRARY_IMPL(dcn_plugin, AutocastCPU, m) {
+  m.impl("deform_roi_pool", deform_roi_pool_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
 }
 
 }  // namespace dcn_plugin
