@@ -101,6 +101,7 @@ def _check_roi_pooling(name, model):
     expected = {'faster-rcnn_r50_fpn_dpool_1x_coco.py': 4 * 13_996_130,
                 'faster-rcnn_r50_fpn_mdpool_1x_coco.py': 4 * 26_892_435,
                 'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py': 14_046_355,
+                'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_mimic_1x_coco.py': 14_046_355,
                 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py': 906_643}
     assert branch_params == expected[name]
 
@@ -139,6 +140,8 @@ def test_data_root_is_changeable_from_the_command_line():
 # R-CNN feature mimicking: each config is the same model as another shipped config, plus the branch
 MIMIC_CONFIGS = {
     'dcn/faster-rcnn_r50-mdconv-c3-c5_fpn_mimic_1x_coco.py': 'dcn/faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py',
+    'dcn/faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_mimic_1x_coco.py':
+        'dcn/faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py',
     'demo/faster-rcnn_r18_fpn_gn-all_mimic_demo-shapes.py': 'demo/faster-rcnn_r18_fpn_gn-all_demo-shapes.py',
     'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mimic_demo-shapes.py':
         'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',

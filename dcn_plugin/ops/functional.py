@@ -180,22 +180,6 @@ def _backward(ctx, grad_output):
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError(
-        'dcn_plugin: double backward (a gradient of the gradient, e.g. torch.autograd.grad(..., '
-        'create_graph=True) followed by another backward) is not supported by modulated_deform_conv2d')
-
-
-def _setup_backward_context(ctx, inputs, output):
-    pass
-
-
-# first-order gradients never record a graph through the backward op; a second-order one would, and
-# must fail loudly rather than return zeros
-torch.library.register_autograd('dcn_plugin::modulated_deform_conv2d_backward', _no_double_backward,
-                                setup_context=_setup_backward_context)
-
-
 def refuse_double_backward(backward_op: str, op_name: str) -> None:
     """Register an autograd for ``backward_op`` that raises NotImplementedError.
 
@@ -211,3 +195,6 @@ def refuse_double_backward(backward_op: str, op_name: str) -> None:
         pass
 
     torch.library.register_autograd(backward_op, refuse, setup_context=setup_context)
+
+
+refuse_double_backward('dcn_plugin::modulated_deform_conv2d_backward', 'modulated_deform_conv2d')

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .functional import IntPair, _check_tensors, _pair, refuse_double_backward
+from .functional import IntPair, _check_python_args, _pair, refuse_double_backward
 
 _OP = 'dcn_plugin::deform_roi_pool'
 _BWD = torch.ops.dcn_plugin.deform_roi_pool_backward
@@ -65,7 +65,7 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
     float32 on CPU, with float32 RoIs.
     """
     size = _pair(output_size, 'output_size')
-    _check_tensors(input=input, rois=rois, offset=offset)
+    _check_python_args(input=input, rois=rois, offset=offset)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, Integral):
         raise TypeError(f'sampling_ratio must be an int, got {sampling_ratio!r}')
     return torch.ops.dcn_plugin.deform_roi_pool(input, rois, offset, size, _real(spatial_scale, 'spatial_scale'),

@@ -1,0 +1,15 @@
+# The DCNv2 paper's full Faster R-CNN (Zhu et al., "Deformable ConvNets v2: More Deformable, Better
+# Results", CVPR 2019): modulated deformable convs in conv3-conv5, modulated deformable RoI pooling with the
+# paper's shared offset/mask branch, and R-CNN feature mimicking with the paper's settings (up to 32
+# positive RoIs per image cropped to 224x224 px, mimic and R-CNN classification losses weighted 0.1).
+# Training only: the model tests like faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py.
+_base_ = './faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py'
+model = dict(
+    type='MimicFasterRCNN',  # FasterRCNN that hands its input images to the RoI head
+    roi_head=dict(
+        type='MimicRoIHead',
+        mimic_num_rois=32,
+        mimic_crop_size=224,
+        mimic_positives_only=True,
+        loss_mimic_weight=0.1,
+        loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.1)))
