@@ -270,3 +270,30 @@ def test_model_mode_runs_a_part_of_the_models(part, tmp_path):
     data = json.loads(next(tmp_path.glob('*.json')).read_text())
     assert rc == 0 and list(data['phases']) == ['train'] and data['cases'][0]['ratios']['dcn_over_baseline_train'] > 0
     assert next(tmp_path.glob('*.json')).name.endswith(f'_{part.replace("+", "-")}_32x32.json')
+
+
+def test_roi_pool_mode_times_ours_against_roi_align_and_they_agree_without_offsets(tmp_path, capsys):
+    rc = tool.main(['roi-pool', '--rois', '16', '--channels', '8', '--image-size', '64', '96', '--levels', 'P3', 'P5',
+                    *FAST, '--out-dir', str(tmp_path)])
+    assert rc == 0 and _outputs(tmp_path, 'roi-pool_benchmark_cpu_float32')
+    res = json.loads((tmp_path / 'roi-pool_benchmark_cpu_float32.json').read_text())
+    assert [c['case']['label'] for c in res['cases']] == ['P3', 'P5'] and res['failures'] == []
+    for case in res['cases']:
+        assert all(case['results'][n][f'{p}_ms'] > 0 for n in ('ours', 'ours-no-offset', 'roi_align')
+                   for p in ('fwd', 'fwdbwd'))
+        assert case['agreement']['ok'] == {'roi_align': True}  # plain pooling is RoIAlign(aligned=True)
+        assert 'ours_over_roi_align_fwd' in case['ratios']
+    assert 'ours / roi_align' in capsys.readouterr().out
+
+
+def test_roi_pool_inputs_map_every_roi_to_its_level():
+    args = tool.parse_args(['roi-pool', '--rois', '200', '--levels', 'P2', 'P4'])
+    mode = tool.RoIPoolMode(args)
+    for case in mode.cases({}):
+        rois = mode.inputs(case)[1]
+        w, h = rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]
+        scale = (w * h).sqrt()
+        level = torch.floor(torch.log2(scale / 56 + 1e-6)).clamp(0, 3) + 2  # mmdet's map_roi_levels, finest 56
+        clipped = (w >= 1333 - 1e-3) | (h >= 800 - 1e-3)  # RoIs cut by the image border map lower
+        assert ((level == int(case['level'][1])) | clipped).float().mean() > 0.95
+        assert (rois[:, 1:3] >= 0).all() and (rois[:, 3] <= 1333).all() and (rois[:, 4] <= 800).all()
