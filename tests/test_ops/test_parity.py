@@ -193,3 +193,16 @@ def test_backward_is_bitwise_reproducible_and_thread_count_independent():
         assert torch.equal(a, b), f'{name} differs between two identical runs'
         if name in ('grad input', 'grad offset', 'grad mask'):  # the op's own kernels (GEMMs are BLAS's)
             assert torch.equal(a, c), f'{name} depends on the number of threads'
+
+
+# Maps whose columns exceed the CPU backend's budget (2^20 elements per chunk) are processed in blocks of
+# positions of one image: the blocks' boundaries must not show in the output or any gradient.
+BLOCKED = [Case(n=2, c=64, o=8, h=48, w=48, tag='2 position blocks per image'),
+           Case(n=1, c=48, o=12, h=64, w=64, groups=2, deform_groups=3, stride=(1, 1), mask=False,
+                tag='position blocks, groups 2 crossing deform_groups 3, DCNv1')]
+
+
+@pytest.mark.parametrize('case', BLOCKED, ids=lambda c: c.tag)
+def test_position_blocks_match_torchvision(case):
+    assert case.h * case.w * case.c * 9 > 2 ** 20
+    _compare(case, _torchvision)

@@ -45,27 +45,41 @@ void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, c
 
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// A chunk of the work: positions [pos0, pos0 + np) of the images [n0, n0 + nc). Chunks are whole images
+// (pos0 = 0, np = P) unless the backend allows position blocks and one image's columns exceed its budget.
+struct Chunk {
+  int64_t n0, nc, pos0, np;
+  int64_t rows() const { return nc * np; }
+};
+
 // The per-backend kernels. The device-agnostic driver (deform_conv.cpp) lays the tensors out
-// channels-last, splits the batch into chunks of images [n0, n0 + nc), runs the GEMMs and calls these.
+// channels-last, splits the work into chunks, runs the GEMMs and calls these.
 // Row tensors (all contiguous):
 //   in      (N, H, W, C)           input
 //   off     (N, P, dg*K*2)         offsets, P = Ho*Wo, K = kh*kw, (dy, dx) interleaved
 //   msk     (N, P, dg*K)           mask, or an undefined tensor (DCNv1)
 //   col     columns of the chunk (im2col writes; the others read the gradient of the columns in the
-//           same layout): (nc, P, groups, K, C/groups) "K-major", or (nc, P, C, K) "channel-major"
-//           (channel_major_columns), which lets the GEMMs use the weight in its own layout
-//   g_off   (N, P, dg*K*2), g_msk (N, P, dg*K): written for images of the chunk; undefined = not wanted
+//           same layout): (nc, np, groups, K, C/groups), "K-major": the channels of one sample are
+//           contiguous, as in the input rows
+//   g_off   (N, P, dg*K*2), g_msk (N, P, dg*K): written for the chunk's positions; undefined = not wanted
 //   g_in    (N, H, W, C) accumulated into (float32 for half/bfloat16 inputs); zero-initialised
 struct Backend {
   void (*im2col)(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk, const ConvParams& p,
-                 int64_t n0, int64_t nc, at::Tensor& col);
+                 const Chunk& ch, at::Tensor& col);
   void (*offset_mask_grad)(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk,
-                           const at::Tensor& gcol, const ConvParams& p, int64_t n0, int64_t nc, at::Tensor& g_off,
+                           const at::Tensor& gcol, const ConvParams& p, const Chunk& ch, at::Tensor& g_off,
                            at::Tensor& g_msk);
+  // offset_mask_grad that also writes the chunk's columns (one pass over the samples for both), or nullptr:
+  // the backward then recomputes the columns with im2col
+  void (*col_and_offset_mask_grad)(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk,
+                                   const at::Tensor& gcol, const ConvParams& p, const Chunk& ch, at::Tensor& col,
+                                   at::Tensor& g_off, at::Tensor& g_msk);
   void (*input_grad)(const at::Tensor& off, const at::Tensor& msk, const at::Tensor& gcol, const ConvParams& p,
-                     int64_t n0, int64_t nc, at::Tensor& g_in);
+                     const Chunk& ch, at::Tensor& g_in);
+  // dst (B, S, R) = src (B, R, S) transposed, any strides: the layout changes NCHW <-> rows
+  void (*transpose_into)(const at::Tensor& src, const at::Tensor& dst);
   int64_t col_budget_elements;  // the columns buffer of one chunk holds at most this many elements
-  bool channel_major_columns;   // column layout, see above
+  bool position_blocks;         // may split one image into blocks of positions to keep within the budget
 };
 
 at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Tensor& offset,

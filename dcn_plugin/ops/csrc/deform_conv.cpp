@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "checks.h"
 #include "dcn_common.h"
@@ -136,17 +137,24 @@ struct Layout {
   at::Tensor in, off, msk, w;  // channels-last rows; w is (groups, O/g, K*C/g)
 };
 
+// (N, C, H, W) -> contiguous (N, H, W, C) rows: a view of a channels_last tensor, else one transposition.
+at::Tensor rows_of(const Backend& be, const at::Tensor& t) {
+  const at::Tensor rows = t.permute({0, 2, 3, 1});
+  if (rows.is_contiguous()) return rows;
+  at::Tensor out = at::empty(rows.sizes(), t.options());
+  be.transpose_into(t.reshape({t.size(0), t.size(1), -1}), out.view({t.size(0), -1, t.size(1)}));
+  return out;
+}
+
 Layout channels_last_rows(const Backend& be, const ConvParams& p, const at::Tensor& input,
                           const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                           const at::Tensor& weight) {
-  // permute + contiguous: free for channels_last inputs, one copy otherwise; any strides are fine.
   Layout l;
-  l.in = input.permute({0, 2, 3, 1}).contiguous();
-  l.off = offset.permute({0, 2, 3, 1}).contiguous();
-  if (p.has_mask) l.msk = mask->permute({0, 2, 3, 1}).contiguous();
-  // the weight in the columns' order: its own (C/g, kh, kw) order for channel-major columns (no copy
-  // for a contiguous weight), (kh, kw, C/g) for K-major ones
-  const at::Tensor w = be.channel_major_columns ? weight.contiguous() : weight.permute({0, 2, 3, 1}).contiguous();
+  l.in = rows_of(be, input);
+  l.off = rows_of(be, offset);
+  if (p.has_mask) l.msk = rows_of(be, *mask);
+  // the weight in the columns' (kh, kw, C/g) order: one weight-sized copy per call
+  const at::Tensor w = weight.permute({0, 2, 3, 1}).contiguous();
   l.w = w.view({p.groups, p.o_per_group(), p.k() * p.c_per_group()});
   return l;
 }
@@ -173,10 +181,25 @@ at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& b) {
   return at::mm(a, b.t());
 }
 
-int64_t images_per_chunk(const Backend& be, const ConvParams& p) {
-  const int64_t per_image = std::max<int64_t>(1, p.p() * p.c * p.k());
-  return std::clamp<int64_t>(be.col_budget_elements / per_image, 1, std::max<int64_t>(p.n, 1));
+// The chunks, in order: as many whole images as the backend's columns budget holds (at least one), or,
+// where the backend allows it and one image's columns exceed the budget, blocks of positions of one image
+// (at least 256 positions, so that the GEMMs stay large).
+std::vector<Chunk> chunks_of(const Backend& be, const ConvParams& p) {
+  const int64_t P = p.p(), row = std::max<int64_t>(1, p.c * p.k());
+  std::vector<Chunk> out;
+  if (be.position_blocks && P * row > be.col_budget_elements) {
+    const int64_t np = std::min(P, std::max<int64_t>(256, be.col_budget_elements / row));
+    for (int64_t n = 0; n < p.n; ++n)
+      for (int64_t pos0 = 0; pos0 < P; pos0 += np) out.push_back({n, 1, pos0, std::min(np, P - pos0)});
+    return out;
+  }
+  const int64_t per_chunk = std::clamp<int64_t>(be.col_budget_elements / (P * row), 1, std::max<int64_t>(p.n, 1));
+  for (int64_t n0 = 0; n0 < p.n; n0 += per_chunk) out.push_back({n0, std::min(per_chunk, p.n - n0), 0, P});
+  return out;
 }
+
+// The chunk's part (nc, S, np) of a (N, S, P) tensor.
+at::Tensor chunk_of(const at::Tensor& t, const Chunk& ch) { return t.narrow(0, ch.n0, ch.nc).narrow(2, ch.pos0, ch.np); }
 
 }  // namespace
 
@@ -195,22 +218,25 @@ at::Tensor forward_impl(const Backend& be, const at::Tensor& input, const at::Te
     return out;
   }
   const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
-  const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
-  at::Tensor col = at::empty({chunk, P, p.groups, kc}, input.options());
-  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
-    const int64_t nc = std::min(chunk, p.n - n0);
-    at::Tensor col_c = col.narrow(0, 0, nc);
+  const std::vector<Chunk> chunks = chunks_of(be, p);
+  const int64_t og = p.o_per_group(), kc = p.k() * p.c_per_group();
+  int64_t max_rows = 0;
+  for (const Chunk& ch : chunks) max_rows = std::max(max_rows, ch.rows());
+  at::Tensor col = at::empty({max_rows, p.groups, kc}, input.options());  // reused by every chunk
+  const at::Tensor out3 = out.view({p.n, p.o, p.p()});
+  for (const Chunk& ch : chunks) {
+    at::Tensor col_c = col.narrow(0, 0, ch.rows());
     {
       RECORD_FUNCTION("dcn_plugin::im2col", std::vector<c10::IValue>());
-      be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+      be.im2col(l.in, l.off, l.msk, p, ch, col_c);
     }
-    at::Tensor out_c = out.narrow(0, n0, nc).view({nc, p.groups, og, P});
+    const at::Tensor out_c = chunk_of(out3, ch);  // (nc, O, np)
     for (int64_t g = 0; g < p.groups; ++g) {
-      // (nc*P, O/g) = col[:, :, g] @ W[g]^T. This orientation keeps the big operand (the columns) as the
+      // (rows, O/g) = col[:, g] @ W[g]^T. This orientation keeps the big operand (the columns) as the
       // GEMM's "input", which oneDNN reads in place, rather than as its "weight", which it would copy
       // into a blocked layout; the result is transposed into the NCHW output.
-      const at::Tensor r = matmul_nt(col_c.select(2, g).reshape({nc * P, kc}), l.w.select(0, g));
-      out_c.select(1, g).copy_(r.view({nc, P, og}).transpose(1, 2));
+      const at::Tensor r = matmul_nt(col_c.select(1, g), l.w.select(0, g));
+      be.transpose_into(r.view({ch.nc, ch.np, og}), out_c.narrow(1, g * og, og));
     }
   }
   if (bias.has_value() && bias->defined()) out.add_(bias->view({1, p.o, 1, 1}));
@@ -236,68 +262,86 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   const bool low_precision = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
   const auto acc_opts = low_precision ? opts.dtype(at::kFloat) : opts;
   at::Tensor g_in_acc = want_in ? zeros_channels_last(input.sizes(), acc_opts) : at::Tensor();
-  at::Tensor g_off = want_off ? zeros_channels_last(offset.sizes(), opts) : none();
-  at::Tensor g_msk = want_msk ? zeros_channels_last(mask->sizes(), opts) : none();
-  // weight gradient accumulated over chunks in float32 for half/bfloat16, in the columns' order:
-  // contiguous for channel-major columns, channels-last for K-major ones
-  at::Tensor g_w_acc = !want_w ? at::Tensor()
-                       : be.channel_major_columns ? at::zeros(weight.sizes(), acc_opts)
-                                                  : zeros_channels_last(weight.sizes(), acc_opts);
+  // every element of the offset and mask gradients is written by the kernels (zeroed below if none run)
+  const auto cl_opts = opts.memory_format(at::MemoryFormat::ChannelsLast);
+  at::Tensor g_off = want_off ? at::empty(offset.sizes(), cl_opts) : none();
+  at::Tensor g_msk = want_msk ? at::empty(mask->sizes(), cl_opts) : none();
+  // weight gradient accumulated over chunks in float32 for half/bfloat16, in the columns' (kh, kw, C/g)
+  // order: channels-last
+  at::Tensor g_w_acc = want_w ? zeros_channels_last(weight.sizes(), acc_opts) : at::Tensor();
   at::Tensor g_b = want_b ? grad_output.sum({0, 2, 3}) : none();
   auto finish = [&]() -> BackwardResult {
     at::Tensor g_in = want_in ? (low_precision ? g_in_acc.to(input.scalar_type()) : g_in_acc) : none();
-    // the weight gradient is returned contiguous by every backend (a weight-sized copy for K-major columns)
+    // the weight gradient is returned contiguous (a weight-sized copy from the columns' order)
     at::Tensor g_w = want_w ? (low_precision ? g_w_acc.to(weight.scalar_type()) : g_w_acc).contiguous() : none();
     return {g_in, g_off, g_msk, g_w, g_b};
   };
-  // nothing to sum (no images, no input or output channels): the zero-initialised gradients are exact
-  if (p.n == 0 || p.c == 0 || p.o == 0 || !(want_in || want_off || want_msk || want_w)) return finish();
+  // nothing to sum (no images, no input or output channels): the gradients are zeros
+  if (p.n == 0 || p.c == 0 || p.o == 0 || !(want_in || want_off || want_msk || want_w)) {
+    if (want_off) g_off.zero_();
+    if (want_msk) g_msk.zero_();
+    return finish();
+  }
 
   const Layout l = channels_last_rows(be, p, input, offset, mask, weight);
-  const int64_t chunk = images_per_chunk(be, p), P = p.p(), og = p.o_per_group(), kc = p.k() * p.c_per_group();
+  const int64_t og = p.o_per_group(), kc = p.k() * p.c_per_group();
   const bool want_gcol = want_in || want_off || want_msk;
   at::Tensor g_off_rows = want_off ? g_off.permute({0, 2, 3, 1}) : at::Tensor();   // (N, Ho, Wo, 2dgK) contiguous
   at::Tensor g_msk_rows = want_msk ? g_msk.permute({0, 2, 3, 1}) : at::Tensor();
   at::Tensor g_in_rows = want_in ? g_in_acc.permute({0, 2, 3, 1}) : at::Tensor();
-  at::Tensor g_w_rows = !want_w ? at::Tensor()
-                        : (be.channel_major_columns ? g_w_acc : g_w_acc.permute({0, 2, 3, 1})).view({p.groups, og, kc});
+  at::Tensor g_w_rows = !want_w ? at::Tensor() : g_w_acc.permute({0, 2, 3, 1}).view({p.groups, og, kc});
+  // grad_output as (N, P, O) rows: a view when it is channels_last, else transposed chunk by chunk
+  const at::Tensor go_rows = grad_output.permute({0, 2, 3, 1}).reshape({p.n, p.p(), p.o});
+  const bool go_is_rows = grad_output.permute({0, 2, 3, 1}).is_contiguous();
+  const at::Tensor go3 = grad_output.reshape({p.n, p.o, p.p()});
 
-  // Per chunk, the columns' gradient and the recomputed columns are never alive at the same time:
-  // the peak is one chunk-sized buffer (plus the gradients themselves).
-  for (int64_t n0 = 0; n0 < p.n; n0 += chunk) {
-    const int64_t nc = std::min(chunk, p.n - n0);
-    // the chunk's grad_out as channels-last rows (nc*P, O): a view when grad_output is channels_last,
-    // else a chunk-sized copy (not a copy of the whole batch)
-    const at::Tensor go_c = grad_output.narrow(0, n0, nc).permute({0, 2, 3, 1}).reshape({nc * P, p.o});
+  // The columns are recomputed for the weight gradient. With a fused kernel (CPU) they come from the same
+  // pass as the offset/mask gradients (the columns and their gradient are then alive together: the chunks
+  // are small); otherwise (CUDA, large chunks) the columns' gradient is released before they are
+  // recomputed, so the peak is one chunk-sized buffer (plus the gradients themselves).
+  const bool fused = be.col_and_offset_mask_grad != nullptr && want_w && (want_off || want_msk);
+  for (const Chunk& ch : chunks_of(be, p)) {
+    at::Tensor go_c;  // the chunk's grad_out as channels-last rows (rows, O)
+    if (go_is_rows) {
+      go_c = go_rows.narrow(0, ch.n0, ch.nc).narrow(1, ch.pos0, ch.np).reshape({ch.rows(), p.o});
+    } else {
+      go_c = at::empty({ch.rows(), p.o}, opts);
+      be.transpose_into(chunk_of(go3, ch), go_c.view({ch.nc, ch.np, p.o}));
+    }
+    at::Tensor col_c;
     if (want_gcol) {
       at::Tensor gcol_c;
       if (p.groups == 1) {
-        gcol_c = matmul_nt(go_c, l.w.select(0, 0).t()).view({nc, P, 1, kc});
+        gcol_c = matmul_nt(go_c, l.w.select(0, 0).t()).view({ch.rows(), 1, kc});
       } else {
-        gcol_c = at::empty({nc, P, p.groups, kc}, opts);
+        gcol_c = at::empty({ch.rows(), p.groups, kc}, opts);
         for (int64_t g = 0; g < p.groups; ++g)
-          gcol_c.select(2, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), l.w.select(0, g).t()).view({nc, P, kc}));
+          gcol_c.select(1, g).copy_(matmul_nt(go_c.narrow(1, g * og, og), l.w.select(0, g).t()));
       }
-      if (want_off || want_msk) {
+      if (fused) {
         RECORD_FUNCTION("dcn_plugin::offset_mask_grad", std::vector<c10::IValue>());
-        be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, n0, nc, g_off_rows, g_msk_rows);
+        col_c = at::empty({ch.rows(), p.groups, kc}, opts);
+        be.col_and_offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, ch, col_c, g_off_rows, g_msk_rows);
+      } else if (want_off || want_msk) {
+        RECORD_FUNCTION("dcn_plugin::offset_mask_grad", std::vector<c10::IValue>());
+        be.offset_mask_grad(l.in, l.off, l.msk, gcol_c, p, ch, g_off_rows, g_msk_rows);
       }
       if (want_in) {
         RECORD_FUNCTION("dcn_plugin::input_grad", std::vector<c10::IValue>());
-        be.input_grad(l.off, l.msk, gcol_c, p, n0, nc, g_in_rows);
+        be.input_grad(l.off, l.msk, gcol_c, p, ch, g_in_rows);
       }
     }
     if (want_w) {
-      at::Tensor col_c = at::empty({nc, P, p.groups, kc}, opts);
-      {
+      if (!col_c.defined()) {
+        col_c = at::empty({ch.rows(), p.groups, kc}, opts);
         RECORD_FUNCTION("dcn_plugin::im2col", std::vector<c10::IValue>());
-        be.im2col(l.in, l.off, l.msk, p, n0, nc, col_c);
+        be.im2col(l.in, l.off, l.msk, p, ch, col_c);
       }
       for (int64_t g = 0; g < p.groups; ++g) {
-        // grad_W[g] (O/g, K*C/g) += grad_out_rows[:, g]^T (O/g, nc*P) @ col[:, :, g] (nc*P, K*C/g)
+        // grad_W[g] (O/g, K*C/g) += grad_out_rows[:, g]^T (O/g, rows) @ col[:, g] (rows, K*C/g)
         // one group's columns are rows strided by groups*kc: a GEMM library handed them transposed with that
         // stride takes a slow path (oneDNN reorders them element by element), so pack them first
-        const at::Tensor col_g = col_c.select(2, g).reshape({nc * P, kc});
+        const at::Tensor col_g = col_c.select(1, g);
         const at::Tensor r = matmul_nt(go_c.narrow(1, g * og, og).t(), (p.groups == 1 ? col_g : col_g.contiguous()).t());
         g_w_rows.select(0, g).add_(r);  // float32 accumulation for half/bfloat16
       }

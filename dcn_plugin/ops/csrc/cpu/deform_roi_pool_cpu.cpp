@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu/simd.h"
+#include "cpu/transpose.h"
 #include "deform_roi_pool.h"
 
 namespace dcn_plugin {
@@ -349,38 +350,6 @@ void input_grad_kernel(const T* grad, const Geometry<T>& geo, const RoiPoolParam
       scatter_pairs(g_in + c0, c, grad + kb * c + c0, pairs, n);
     }
   });
-}
-
-// dst (B, S, R) contiguous = src (B, R, S) with strides (sb, sr, ss), in tiles of 32 (r) x 16 (s) taken in
-// the order of dst: each task writes whole dst rows one after the other, and a tile's reads stay in
-// L1 (a plain strided copy misses the cache, and the TLB, on every element).
-constexpr int64_t kTileR = 32, kTileS = 16;
-
-template <typename T>
-void transpose_kernel(const T* src, int64_t nb, int64_t nr, int64_t ns, int64_t sb, int64_t sr, int64_t ss, T* dst) {
-  const int64_t ts = (ns + kTileS - 1) / kTileS;
-  at::parallel_for(0, nb * ts, 8, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / ts, s0 = t % ts * kTileS, s1 = std::min(ns, s0 + kTileS);
-      const T* sp = src + b * sb;
-      T* dp = dst + b * ns * nr;
-      for (int64_t r0 = 0; r0 < nr; r0 += kTileR) {
-        const int64_t r1 = std::min(nr, r0 + kTileR);
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t s = s0; s < s1; ++s) dp[s * nr + r] = sp[r * sr + s * ss];
-      }
-    }
-  });
-}
-
-at::Tensor transpose_last2_cpu(const at::Tensor& src) {
-  at::Tensor dst = at::empty({src.size(0), src.size(2), src.size(1)}, src.options());
-  if (dst.numel() == 0) return dst;
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "dcn_plugin deform_roi_pool transpose (CPU)", [&] {
-    transpose_kernel<scalar_t>(src.data_ptr<scalar_t>(), src.size(0), src.size(1), src.size(2), src.stride(0),
-                               src.stride(1), src.stride(2), dst.data_ptr<scalar_t>());
-  });
-  return dst;
 }
 
 // ----------------------------------------------------------------------------------- entry points

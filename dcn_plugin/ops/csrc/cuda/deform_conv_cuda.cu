@@ -229,8 +229,15 @@ __global__ void input_grad_sorted_kernel(const int64_t* __restrict__ cell_keys, 
   }
 }
 
-void im2col_cuda(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk, const ConvParams& p, int64_t n0,
-                 int64_t nc, at::Tensor& col) {
+// The CUDA backend's chunks are whole images (no position blocks): [n0, n0 + nc).
+void check_whole_images(const Chunk& ch, const ConvParams& p) {
+  TORCH_INTERNAL_ASSERT(ch.pos0 == 0 && ch.np == p.p(), "dcn_plugin: the CUDA kernels take chunks of whole images");
+}
+
+void im2col_cuda(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk, const ConvParams& p,
+                 const Chunk& ch, at::Tensor& col) {
+  check_whole_images(ch, p);
+  const int64_t n0 = ch.n0, nc = ch.nc;
   const c10::cuda::CUDAGuard guard(in.device());
   const int64_t total = nc * p.p() * p.c * p.k();
   if (total == 0) return;
@@ -243,7 +250,9 @@ void im2col_cuda(const at::Tensor& in, const at::Tensor& off, const at::Tensor& 
 }
 
 void offset_mask_grad_cuda(const at::Tensor& in, const at::Tensor& off, const at::Tensor& msk, const at::Tensor& gcol,
-                           const ConvParams& p, int64_t n0, int64_t nc, at::Tensor& g_off, at::Tensor& g_msk) {
+                           const ConvParams& p, const Chunk& ch, at::Tensor& g_off, at::Tensor& g_msk) {
+  check_whole_images(ch, p);
+  const int64_t n0 = ch.n0, nc = ch.nc;
   const c10::cuda::CUDAGuard guard(in.device());
   const int64_t items = nc * p.p() * p.k() * p.deform_groups;
   if (items == 0) return;
@@ -258,7 +267,9 @@ void offset_mask_grad_cuda(const at::Tensor& in, const at::Tensor& off, const at
 }
 
 void input_grad_cuda(const at::Tensor& off, const at::Tensor& msk, const at::Tensor& gcol, const ConvParams& p,
-                     int64_t n0, int64_t nc, at::Tensor& g_in) {
+                     const Chunk& ch, at::Tensor& g_in) {
+  check_whole_images(ch, p);
+  const int64_t n0 = ch.n0, nc = ch.nc;
   const c10::cuda::CUDAGuard guard(gcol.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gcol.scalar_type(), "dcn_plugin input grad (CUDA)", [&] {
@@ -290,8 +301,11 @@ void input_grad_cuda(const at::Tensor& off, const at::Tensor& msk, const at::Ten
   });
 }
 
-const Backend kCudaBackend{&im2col_cuda, &offset_mask_grad_cuda, &input_grad_cuda,
-                           /*col_budget_elements=*/int64_t(1) << 28, /*channel_major_columns=*/false};
+void transpose_into_cuda(const at::Tensor& src, const at::Tensor& dst) { dst.copy_(src.transpose(1, 2)); }
+
+const Backend kCudaBackend{&im2col_cuda, &offset_mask_grad_cuda, /*col_and_offset_mask_grad=*/nullptr,
+                           &input_grad_cuda, &transpose_into_cuda,
+                           /*col_budget_elements=*/int64_t(1) << 28, /*position_blocks=*/false};
 
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
                         const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
