@@ -16,11 +16,13 @@ from .ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa
 from .ops import (DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack,  # noqa: F401
                   deform_roi_pool)
 
-__version__ = '0.1.0'
+from .version import __version__, version_info  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
     from .utils.checkpoint import install_checkpoint_loaders
+    from .utils.compat import patch_mmengine_package_utils
     install_checkpoint_loaders()  # every checkpoint scheme loads with weights_only=True + the allow-list
+    patch_mmengine_package_utils()  # 'dcn_plugin::' (and 'mmdet::') base configs, editable installs included
 if importlib.util.find_spec('mmdet') is not None and importlib.util.find_spec('mmcv') is not None:
     from . import models  # noqa: F401  (registers backbones, necks, norm layers in mmdet's MODELS)
     from .apis import hooks  # noqa: F401  (registers AtomicCheckpointHook, TorchRNGStateHook, CheckpointMatchHook)
