@@ -73,12 +73,12 @@ def test_pyproject_declares_the_package_and_its_extras():
     extras = project['optional-dependencies']
     assert set(extras) >= {'mmdet', 'tests', 'deploy', 'all'}
     # the mmdet extra pins what scripts/setup_env.sh installs
-    setup_env = open(osp.join(ROOT, 'tools', 'setup_env.sh')).read()
+    setup_env = open(osp.join(ROOT, 'scripts', 'setup_env.sh')).read()
     pins = dict(line.split('=', 1) for line in setup_env.splitlines()
-                if line.startswith(('MMCV_VER=', 'MMDET_VER=', 'MMENGINE_SPEC=')))
+                if line.startswith(('MMCV_VER=', 'MMDET_VER=', 'MMENGINE_SPEC=', 'RUFF_SPEC=')))
     assert f'mmcv=={pins["MMCV_VER"]}' in extras['mmdet'] and f'mmdet=={pins["MMDET_VER"]}' in extras['mmdet']
     assert pins['MMENGINE_SPEC'].strip('"') in extras['mmdet']
-    assert any(r.startswith('ruff') for r in extras['tests'])
+    assert pins['RUFF_SPEC'].strip('"') in extras['tests']  # the lint's version: the same in CI and for users
 
 
 @pytest.mark.skipif(not HAVE_MMDET, reason='needs mmengine, mmcv and mmdet')

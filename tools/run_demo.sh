@@ -4,9 +4,9 @@
 #   bash tools/run_demo.sh            # DCNv2 model (ResNet-18 + DCNv2 c3-c5, GN, from scratch)
 #   bash tools/run_demo.sh --plain    # the same model and schedule with plain convs, for comparison
 #   bash tools/run_demo.sh --fresh    # discard an earlier run of the same model and start over
-#   bash tools/run_demo.sh --no-setup # skip tools/setup_env.sh (.venv already set up)
+#   bash tools/run_demo.sh --no-setup # skip scripts/setup_env.sh (.venv already set up)
 #
-# Steps: set up .venv (tools/setup_env.sh, idempotent) -> generate data/demo/ if missing ->
+# Steps: set up .venv (scripts/setup_env.sh, idempotent) -> generate data/demo/ if missing ->
 # train (an interrupted run continues from its newest intact checkpoint; a final checkpoint left
 # incomplete by a crash does not count as done) -> tools/test.py on val (COCO metrics
 # table, saved to work_dirs/<config>/test_metrics.json) -> offset visualisation PNG (DCN model).
@@ -39,8 +39,8 @@ say() { printf '\n[run_demo] %s\n' "$*"; }
 START=$(date +%s)
 
 if [ "$SETUP" = 1 ]; then
-  say "1/5 environment (tools/setup_env.sh)"
-  bash tools/setup_env.sh
+  say "1/5 environment (scripts/setup_env.sh)"
+  bash scripts/setup_env.sh
 else
   say "1/5 environment: skipped (--no-setup)"
 fi
