@@ -92,12 +92,7 @@ else
 fi
 
 TOTAL_S=$(( $(date +%s) - START ))
-"$PY" - "$WORK_DIR/test_metrics.json" "$TRAIN_S" "$TEST_S" "$TOTAL_S" "$NAME" <<'PYEOF'
-import json, sys
-path, train_s, test_s, total_s, name = sys.argv[1:]
-m = json.load(open(path))['metrics']
-print(f'\n[run_demo] {name}: bbox mAP {m.get("coco/bbox_mAP", float("nan")):.3f}  '
-      f'mAP@0.5 {m.get("coco/bbox_mAP_50", float("nan")):.3f}  mAP@0.75 {m.get("coco/bbox_mAP_75", float("nan")):.3f}')
-print(f'[run_demo] time: train {int(train_s) // 60} min {int(train_s) % 60} s, test {test_s} s, '
-      f'total {int(total_s) // 60} min {int(total_s) % 60} s  (metrics: {path})')
-PYEOF
+printf '\n[run_demo] %s' "$("$PY" tools/collect_metrics.py "$WORK_DIR" --brief)"
+minsec() { echo "$(( $1 / 60 )) min $(( $1 % 60 )) s"; }
+printf '\n[run_demo] time: train %s, test %s s, total %s  (metrics: %s)\n' \
+  "$(minsec "$TRAIN_S")" "$TEST_S" "$(minsec "$TOTAL_S")" "$WORK_DIR/test_metrics.json"

@@ -121,7 +121,7 @@ def test_run_demo_resumes_instead_of_calling_a_truncated_final_checkpoint_done(t
     name = 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes'
     (sandbox / 'tools').mkdir(parents=True)
     shutil.copy(osp.join(ROOT, 'tools', 'run_demo.sh'), sandbox / 'tools')
-    for tool in ('train.py', 'test.py', 'visualize_offsets.py', 'generate_demo_data.py'):
+    for tool in ('train.py', 'test.py', 'visualize_offsets.py', 'generate_demo_data.py', 'collect_metrics.py'):
         os.symlink(osp.join(ROOT, 'tools', tool), sandbox / 'tools' / tool)
     os.symlink(osp.join(ROOT, 'dcn_plugin'), sandbox / 'dcn_plugin')
     (sandbox / 'configs' / 'demo').mkdir(parents=True)

@@ -4,7 +4,6 @@ from typing import Any, Dict, List, Optional, Union
 from mmcv.cnn import ConvModule, build_conv_layer
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
-from torch import nn
 
 from ..layers.dcn import DCN_LAYERS, layer_cfg, resolve_dcn_cfg
 from ..layers.init import init_then_reset_then_pretrained
@@ -123,5 +122,4 @@ class DCNFPN(FPN):
     def _zero_offsets(self) -> None:
         for m in self.modules():
             if isinstance(m, DCN_LAYERS):
-                nn.init.zeros_(m.conv_offset.weight)
-                nn.init.zeros_(m.conv_offset.bias)
+                m.init_offset()
