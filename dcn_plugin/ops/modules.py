@@ -14,9 +14,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
-
-from .functional import IntPair, check_im2col_step, modulated_deform_conv2d
+from .functional import check_im2col_step, modulated_deform_conv2d
+from .pair import IntPair, to_pair
 
 
 def _caller_stacklevel() -> int:
@@ -68,15 +67,15 @@ class ModulatedDeformConv2d(nn.Module):
                              f'({deform_groups})')
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = tuple(to_pair(kernel_size, 'kernel_size'))
+        self.stride = tuple(to_pair(stride, 'stride'))
+        self.padding = tuple(to_pair(padding, 'padding'))
+        self.dilation = tuple(to_pair(dilation, 'dilation'))
         self.groups = groups
         self.deform_groups = deform_groups
         # mmcv compatibility: these exist on mmcv's modules and some code reads them
         self.transposed = False
-        self.output_padding = _pair(0)
+        self.output_padding = (0, 0)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels))
