@@ -20,10 +20,9 @@ import os
 import shutil
 import sys
 
+import torch
 from setuptools import setup
 from setuptools.command.build_py import build_py
-
-import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -34,7 +33,8 @@ MIM_FILES = ('configs', 'model-index.yml')
 
 def source_digest() -> str:
     """The digest the package checks the library against at import (dcn_plugin/ops/_library.py)."""
-    spec = importlib.util.spec_from_file_location('_dcn_library', os.path.join(ROOT, 'dcn_plugin', 'ops', '_library.py'))
+    path = os.path.join(ROOT, 'dcn_plugin', 'ops', '_library.py')
+    spec = importlib.util.spec_from_file_location('_dcn_library', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.source_digest()

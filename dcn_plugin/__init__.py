@@ -11,11 +11,18 @@ modules need nothing but torch.
 import importlib.util
 
 from . import ops  # noqa: F401  (registers torch.ops.dcn_plugin.*)
-from .ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa: F401
-                  ModulatedDeformConv2dPack, deform_conv2d, modulated_deform_conv2d)
-from .ops import (DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack,  # noqa: F401
-                  deform_roi_pool)
-
+from .ops import (  # noqa: F401  # noqa: F401
+    DeformConv2d,
+    DeformConv2dPack,
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+    ModulatedDeformRoIPoolPack,
+    deform_conv2d,
+    deform_roi_pool,
+    modulated_deform_conv2d,
+)
 from .version import __version__, version_info  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:

@@ -381,9 +381,9 @@ def test_package_lookup_without_pkg_resources():
 # --------------------------------------------------------------------------- checkpoints that do not fit
 def _plain_checkpoint(tiny, path):
     """An mmdet-format checkpoint of the tiny config's model with plain convs (no conv_offset)."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
 
     from tiny_detector import DEMO_PLAIN
     init_default_scope('mmdet')

@@ -11,8 +11,13 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from dcn_plugin.datasets.demo_shapes import (DEMO_SPLITS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE,  # noqa: E402
-                                             check_demo_arguments, generate_demo_dataset)
+from dcn_plugin.datasets.demo_shapes import (  # noqa: E402
+    DEMO_SPLITS,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    check_demo_arguments,
+    generate_demo_dataset,
+)
 
 
 def main(argv=None) -> None:

@@ -14,8 +14,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from dcn_plugin.apis import (build_runner, exit_on_user_error, load_config, save_metrics,  # noqa: E402
-                             setup_test_cfg, teardown_distributed)
+from dcn_plugin.apis import (  # noqa: E402
+    build_runner,
+    exit_on_user_error,
+    load_config,
+    save_metrics,
+    setup_test_cfg,
+    teardown_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -12,8 +12,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 
 from mmengine.config import DictAction  # noqa: E402
 
-from dcn_plugin.apis import (build_runner, exit_on_user_error, load_config, setup_train_cfg,  # noqa: E402
-                             teardown_distributed)
+from dcn_plugin.apis import build_runner, exit_on_user_error, load_config, setup_train_cfg, teardown_distributed  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

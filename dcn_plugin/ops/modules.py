@@ -14,6 +14,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
 from .functional import check_im2col_step, modulated_deform_conv2d
 from .pair import IntPair, to_pair
 

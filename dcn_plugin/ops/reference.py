@@ -11,7 +11,6 @@ from torch import Tensor
 from .pair import IntPair, to_pair
 
 
-
 def bilinear_sample(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
     """Sample ``img (N, C, H, W)`` at ``y, x (N, Ho, Wo)``; zero outside, as the op does.
 

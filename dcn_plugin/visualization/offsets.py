@@ -226,7 +226,8 @@ def draw_sampling_locations(image: np.ndarray, panels: Sequence[Tuple[np.ndarray
     h, w = image.shape[:2]
     base = cv2.resize(image, (w * upscale, h * upscale), interpolation=cv2.INTER_NEAREST)
     gray = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY)
-    base = cv2.cvtColor((gray.astype(np.float32) * 0.55).astype(np.uint8), cv2.COLOR_GRAY2BGR)  # dim grey: colours stand out
+    # dim grey: the colours stand out
+    base = cv2.cvtColor((gray.astype(np.float32) * 0.55).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     out = []
     for points, weights, origin in panels:
         canvas = base.copy()

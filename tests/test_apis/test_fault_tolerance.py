@@ -182,8 +182,9 @@ def test_the_tools_use_the_atomic_hook_and_keep_other_hook_types():
 
 
 def test_a_config_can_name_the_hooks_itself():
-    import dcn_plugin  # noqa: F401
     from mmengine.registry import HOOKS
+
+    import dcn_plugin  # noqa: F401
     for name in ('AtomicCheckpointHook', 'TorchRNGStateHook', 'CheckpointMatchHook'):
         assert HOOKS.get(name) is not None
     hook = HOOKS.build(dict(type='AtomicCheckpointHook', interval=5, max_keep_ckpts=3, by_epoch=False))
@@ -195,8 +196,9 @@ def test_shipped_configs_name_the_crash_safe_hooks():
     """Run by mmdet's own tools/train.py, the shipped configs get the same hooks as through ours."""
     import glob
 
-    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     from mmengine.config import Config
+
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     paths = sorted(glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
     assert paths
     for path in paths:

@@ -11,11 +11,10 @@ import os
 
 import pytest
 import torch
+from op_cases import Case, Inputs, assert_rel_close, edge_case_offsets, forward_backward
 from torch.profiler import ProfilerActivity, profile
 
 from dcn_plugin.ops import has_cuda_kernels, modulated_deform_conv2d
-
-from op_cases import Case, Inputs, assert_rel_close, edge_case_offsets, forward_backward
 
 os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read by cuBLAS when its handle is made
 

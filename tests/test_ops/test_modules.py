@@ -98,6 +98,7 @@ def test_registered_as_mdconv_and_dconv_without_shadowing_mmcv():
     import mmcv.ops  # noqa: F401  (registers mmcv's own DCN / DCNv2)
     from mmcv.cnn import build_conv_layer
     from mmengine.registry import MODELS
+
     import dcn_plugin  # noqa: F401
 
     assert MODELS.get('MDConv') is ModulatedDeformConv2dPack

@@ -11,7 +11,6 @@ from ..layers.init import init_then_reset_then_pretrained
 from ..layers.norm import check_norm_cfg
 
 
-
 @MODELS.register_module()
 class DCNFPN(FPN):
     """mmdet's ``FPN`` whose 3x3 output convs are deformable; optionally its lateral and extra convs too.

@@ -8,10 +8,8 @@ from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptMultiConfig
 from torch import Tensor, nn
 
+from ...ops.roi_pool_modules import DeformRoIPool, DeformRoIPoolPack, LearnedOffsetRoIPool, ModulatedDeformRoIPoolPack
 from ..layers.init import init_then_reset_then_pretrained
-from ...ops.roi_pool_modules import (DeformRoIPool, DeformRoIPoolPack, LearnedOffsetRoIPool,
-                                     ModulatedDeformRoIPoolPack)
-
 
 # The RoI layers a config reaches by name; any other name is looked up in mmcv.ops (RoIAlign, ...) as
 # mmdet's extractors do.
@@ -105,7 +103,10 @@ class DeformRoIExtractor(SingleRoIExtractor):
             return super().forward(feats, rois, roi_scale_factor)
         rois = rois.type_as(feats[0])
         num_levels = len(feats)
-        levels = self.map_roi_levels(rois, num_levels) if num_levels > 1 else rois.new_zeros(len(rois), dtype=torch.long)
+        if num_levels > 1:
+            levels = self.map_roi_levels(rois, num_levels)
+        else:
+            levels = rois.new_zeros(len(rois), dtype=torch.long)
         if roi_scale_factor is not None:
             rois = self.roi_rescale(rois, roi_scale_factor)
         per_level = [(i, (levels == i).nonzero(as_tuple=False).squeeze(1)) for i in range(num_levels)]

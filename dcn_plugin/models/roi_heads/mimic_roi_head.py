@@ -23,13 +23,12 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.models.task_modules.samplers import SamplingResult
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import get_box_tensor
+from torch import Tensor, nn
 
 from ...ops.pair import IntPair, to_pair
 from ...utils.state_dict import register_training_only_keys
