@@ -1,7 +1,6 @@
 # Faster R-CNN R-50 FPN with DCNv1 deformable RoI pooling in the box head (mmdet's dpool config, on this
 # plugin's layer: CPU and CUDA). One offset branch per FPN level, as mmdet: its checkpoints load.
-_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['dcn_plugin'], allow_failed_imports=False)
+_base_ = './faster-rcnn_r50_fpn_1x_coco.py'
 model = dict(
     roi_head=dict(
         bbox_roi_extractor=dict(
