@@ -517,3 +517,14 @@ def test_generate_demo_data_accepts_the_smallest_size(tmp_path):
     _tool('generate_demo_data').main(['--out', str(tmp_path), '--size', str(MIN_IMAGE_SIZE), '--train', '1',
                                       '--val', '1'])
     assert demo_dataset_exists(str(tmp_path))
+
+
+def test_generate_demo_data_if_missing_leaves_a_complete_dataset_alone(tmp_path, capsys):
+    """What run_demo.sh and mimic_study.sh call: generate once, then only report."""
+    tool = _tool('generate_demo_data')
+    tool.main(['--out', str(tmp_path), '--size', '64', '--train', '1', '--val', '1', '--if-missing'])
+    image = tmp_path / 'train' / '000000.png'
+    stamp = image.stat().st_mtime_ns
+    tool.main(['--out', str(tmp_path), '--size', '64', '--train', '1', '--val', '1', '--if-missing'])
+    assert f'demo data present in {tmp_path}' in capsys.readouterr().out
+    assert image.stat().st_mtime_ns == stamp

@@ -47,11 +47,7 @@ fi
 PY="$ROOT/.venv/bin/python"
 
 say "2/5 demo data in $DATA"
-if "$PY" -c "import sys; from dcn_plugin.datasets.demo_shapes import demo_dataset_exists as e; sys.exit(0 if e('$DATA') else 1)"; then
-  echo "present"
-else
-  "$PY" tools/generate_demo_data.py --out "$DATA"
-fi
+"$PY" tools/generate_demo_data.py --out "$DATA" --if-missing
 
 if [ "$FRESH" = 1 ] && [ -d "$WORK_DIR" ]; then
   say "removing the earlier run in $WORK_DIR (--fresh)"
