@@ -276,7 +276,7 @@ def test_run_demo_script_is_valid_bash_with_help():
     subprocess.run(['bash', '-n', script], check=True)
     out = subprocess.run(['bash', script, '--help'], capture_output=True, text=True, check=True).stdout
     assert '--plain' in out
-    for sh in ('dist_train.sh', 'dist_test.sh'):
+    for sh in ('dist_train.sh', 'dist_test.sh', 'dist_run.sh'):
         subprocess.run(['bash', '-n', osp.join(ROOT, 'tools', sh)], check=True)
 
 
