@@ -30,6 +30,9 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=1,
     persistent_workers=True,
+    # an endless sampler for the iteration-based schedule, as mmdet's iteration configs use (the default
+    # sampler's epochs end, and mmengine restarts it with a warning each time); resuming stays exact
+    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         data_root=data_root,
         metainfo=metainfo,
