@@ -5,8 +5,10 @@ Importing the package registers everything: the ``torch.ops.dcn_plugin`` operato
 backbones, necks, norm layers and training hooks in mmdet's / mmengine's registries (when mmdet is
 installed). With mmengine installed it also makes every checkpoint path and URL scheme mmengine
 loads (local files, ``https://``, ``torchvision://``, ``open-mmlab://``, ...) go through the
-restricted ``weights_only`` unpickler (:mod:`dcn_plugin.utils.checkpoint`). The operator and its
-modules need nothing but torch.
+restricted ``weights_only`` unpickler (:mod:`dcn_plugin.utils.checkpoint`) and lets configs inherit this
+package's configs by package scope (``_base_ = 'dcn_plugin::dcn/<config>.py'``,
+:mod:`dcn_plugin.utils.compat`). The operator and its modules need nothing but torch. The version is
+``dcn_plugin.__version__`` (:mod:`dcn_plugin.version`).
 """
 import importlib.util
 
