@@ -5,22 +5,33 @@ Importing the package registers everything: the ``torch.ops.dcn_plugin`` operato
 backbones, necks, norm layers and training hooks in mmdet's / mmengine's registries (when mmdet is
 installed). With mmengine installed it also makes every checkpoint path and URL scheme mmengine
 loads (local files, ``https://``, ``torchvision://``, ``open-mmlab://``, ...) go through the
-restricted ``weights_only`` unpickler (:mod:`dcn_plugin.utils.checkpoint`). The operator and its
-modules need nothing but torch.
+restricted ``weights_only`` unpickler (:mod:`dcn_plugin.utils.checkpoint`) and lets configs inherit this
+package's configs by package scope (``_base_ = 'dcn_plugin::dcn/<config>.py'``,
+:mod:`dcn_plugin.utils.compat`). The operator and its modules need nothing but torch. The version is
+``dcn_plugin.__version__`` (:mod:`dcn_plugin.version`).
 """
 import importlib.util
 
 from . import ops  # noqa: F401  (registers torch.ops.dcn_plugin.*)
-from .ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa: F401
-                  ModulatedDeformConv2dPack, deform_conv2d, modulated_deform_conv2d)
-from .ops import (DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack,  # noqa: F401
-                  deform_roi_pool)
-
-__version__ = '0.1.0'
+from .ops import (  # noqa: F401  # noqa: F401
+    DeformConv2d,
+    DeformConv2dPack,
+    DeformRoIPool,
+    DeformRoIPoolPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+    ModulatedDeformRoIPoolPack,
+    deform_conv2d,
+    deform_roi_pool,
+    modulated_deform_conv2d,
+)
+from .version import __version__, version_info  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
     from .utils.checkpoint import install_checkpoint_loaders
+    from .utils.compat import patch_mmengine_package_utils
     install_checkpoint_loaders()  # every checkpoint scheme loads with weights_only=True + the allow-list
+    patch_mmengine_package_utils()  # 'dcn_plugin::' (and 'mmdet::') base configs, editable installs included
 if importlib.util.find_spec('mmdet') is not None and importlib.util.find_spec('mmcv') is not None:
     from . import models  # noqa: F401  (registers backbones, necks, norm layers in mmdet's MODELS)
     from .apis import hooks  # noqa: F401  (registers AtomicCheckpointHook, TorchRNGStateHook, CheckpointMatchHook)

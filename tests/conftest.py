@@ -6,7 +6,6 @@ import torch
 
 from dcn_plugin.ops._library import source_digest
 
-
 # Inductor's on-disk cache does not key on a custom op's Meta kernel: code compiled against an older
 # version of our op (other output strides, say) would be reused and fail. Key the tests' cache on the
 # op's sources instead (kept across runs while they are unchanged).

@@ -102,7 +102,8 @@ def test_op_mode_times_checks_and_sizes_every_implementation_and_writes_its_file
     assert set(agreement['max_abs_diff']['torchvision']) == {'output', 'grad_input', 'grad_offset', 'grad_mask',
                                                              'grad_weight'}
     text = (out / 'op_benchmark_cpu_float32.md').read_text()
-    for heading in ('## Time (ms, median)', '## Ratios', '## Peak extra memory', '## Agreement with ours', '- git commit'):
+    for heading in ('## Time (ms, median)', '## Ratios', '## Peak extra memory', '## Agreement with ours',
+                    '- git commit'):
         assert heading in text
     assert os.path.getsize(out / 'op_benchmark_cpu_float32.png') > 1000
 
@@ -111,7 +112,8 @@ def test_agreement_check_catches_a_wrong_implementation_loudly(monkeypatch, tmp_
     ours, leaves = tool.OpMode.impls['ours'](argparse.Namespace(device='cpu'))
     wrong = lambda x, o, m, w, c: ours(x, o, m, w, c) * 1.001  # noqa: E731  (0.1% off: far above 1e-4)
     monkeypatch.setitem(tool.OpMode.impls, 'torchvision', lambda args: (wrong, leaves))
-    rc = tool.main(['--shapes', 'tiny', '--impls', 'ours', 'torchvision', '--no-memory', *FAST, '--out-dir', str(tmp_path)])
+    rc = tool.main(['--shapes', 'tiny', '--impls', 'ours', 'torchvision', '--no-memory', *FAST,
+                    '--out-dir', str(tmp_path)])
     assert rc == 1
     assert 'torchvision DISAGREES with ours' in capsys.readouterr().err
     data = json.loads((tmp_path / 'op_benchmark_cpu_float32.json').read_text())
@@ -167,7 +169,8 @@ def test_op_is_the_default_subcommand_with_the_devices_shape_set():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without a GPU')
 def test_cuda_mode_is_refused_cleanly_without_a_gpu(tmp_path, capsys):
-    for argv in (['--device', 'cuda'], ['--device', 'cuda', '--dtype', 'bfloat16', '--tf32', '--shapes', 'r50-1333x800']):
+    for argv in (['--device', 'cuda'],
+                 ['--device', 'cuda', '--dtype', 'bfloat16', '--tf32', '--shapes', 'r50-1333x800']):
         with pytest.raises(SystemExit) as e:
             tool.main([*argv, '--out-dir', str(tmp_path)])
         assert e.value.code == 2 and '--device cuda: no CUDA device here' in capsys.readouterr().err
@@ -253,7 +256,8 @@ def test_model_mode_compares_the_demo_detectors_with_a_breakdown_and_writes_its_
         assert r['infer_ms'] > 0 and r['train_ms'] > 0 and r['mem_infer_bytes'] > 0 and r['mem_train_bytes'] > 0
     assert entry['ratios']['dcn_over_baseline_train'] == pytest.approx(entry['results']['dcn']['train_ms']
                                                                        / entry['results']['baseline']['train_ms'])
-    assert {'dcn_over_baseline_infer', 'dcn_over_baseline_mem_infer', 'dcn_over_baseline_mem_train'} < set(entry['ratios'])
+    ratios = {'dcn_over_baseline_infer', 'dcn_over_baseline_mem_infer', 'dcn_over_baseline_mem_train'}
+    assert ratios < set(entry['ratios'])
     for phase in ('infer', 'train'):
         b = entry['breakdown'][phase]
         assert sum(b['parts'].values()) == pytest.approx(b['step_ms'], rel=0.01)

@@ -16,8 +16,9 @@ def _ids(paths):
 
 
 def _load(path):
-    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     from mmengine.config import Config
+
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     cfg = Config.fromfile(path)
     cfg.model.backbone.init_cfg = None  # no pretrained download in tests
     return cfg
@@ -35,7 +36,8 @@ def _build(cfg):
 def test_there_are_configs():
     names = {osp.basename(p) for p in CONFIGS}
     for expected in ('faster-rcnn_r50_fpn_1x_coco.py', 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
-                     'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
+                     'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py',
+                     'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
                      'faster-rcnn_r50_fpn_dpool_1x_coco.py', 'faster-rcnn_r50_fpn_mdpool_1x_coco.py',
                      'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py',
                      'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py'):
@@ -63,11 +65,12 @@ def test_config_builds_its_model(path):
     elif dcn:  # c3-c5: stages 2-4 of the backbone, every block, none in c2
         names = [n for n, m in model.named_modules() if isinstance(m, (ModulatedDeformConv2dPack, DeformConv2dPack))]
         assert all(n.startswith(('backbone.layer2', 'backbone.layer3', 'backbone.layer4')) for n in names)
-        assert any(n.startswith('backbone.layer2') for n in names) and any(n.startswith('backbone.layer4') for n in names)
+        assert any(n.startswith('backbone.layer2') for n in names)
+        assert any(n.startswith('backbone.layer4') for n in names)
     norm = {'gn-all': torch.nn.GroupNorm, 'sampleln-all': 'SampleLayerNorm2d', 'channelln-all': 'ChannelLayerNorm2d'}
     for key, kind in norm.items():
         if f'_{key}' in name:
-            types = {type(m).__name__ for m in model.neck.modules()} | {type(m).__name__ for m in model.backbone.modules()}
+            types = {type(m).__name__ for part in (model.neck, model.backbone) for m in part.modules()}
             want = kind if isinstance(kind, str) else kind.__name__
             assert want in types and 'BatchNorm2d' not in types
             if '/demo/' not in path:  # COCO configs: 4conv1fc head with the norm (the demo's head is 2fc)
@@ -107,9 +110,10 @@ def _check_roi_pooling(name, model):
 
 
 def test_demo_configs_run_forward_and_match_the_generator():
-    from dcn_plugin.datasets import DEMO_CLASSES
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
+
+    from dcn_plugin.datasets import DEMO_CLASSES
     for name in ('faster-rcnn_r18_fpn_gn-all_demo-shapes.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
                  'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py'):
         cfg = _load(osp.join(ROOT, 'configs', 'demo', name))
@@ -192,3 +196,34 @@ def test_mimic_config_is_its_counterpart_plus_the_branch(mimic, plain):
         assert torch.isfinite(loss)
         loss.backward()
         assert model_a.roi_head.mimic_cls.weight.grad.abs().sum() > 0
+
+
+def test_the_model_zoo_lists_every_shipped_config_once():
+    """configs/dcn/metafile.yml (imported by model-index.yml) and configs/dcn/README.md name every config;
+    mmdet's COCO numbers are labelled as theirs, ours carry their source."""
+    import yaml
+    with open(osp.join(ROOT, 'model-index.yml')) as f:
+        index = yaml.safe_load(f)
+    assert 'configs/dcn/metafile.yml' in index['Import']
+    listed = []
+    for meta_path in index['Import']:
+        with open(osp.join(ROOT, meta_path)) as f:
+            meta = yaml.safe_load(f)
+        collections = {c['Name'] for c in meta['Collections']}
+        for model in meta['Models']:
+            assert model['In Collection'] in collections
+            assert model['Name'] == osp.splitext(osp.basename(model['Config']))[0]
+            listed.append(model['Config'])
+            published = model.get('Published Results')
+            if published is not None:
+                assert published['Source'].startswith('mmdet 3.3.0 model zoo (not trained with this package)')
+                assert published['Dataset'] == 'COCO' and 0 < published['Metrics']['box AP'] < 100
+            for result in model.get('Results', []):
+                assert '/demo/' in model['Config'] and result['Source'].startswith('docs/demo.md')
+    shipped = sorted(osp.relpath(p, ROOT) for p in CONFIGS)
+    assert sorted(listed) == shipped
+    readme = open(osp.join(ROOT, 'configs', 'dcn', 'README.md')).read()
+    for path in shipped:
+        name = osp.basename(path)
+        assert (f'({name})' in readme) or (f'(../demo/{name})' in readme), name
+    assert 'No COCO training was run with this package' in readme

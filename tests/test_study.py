@@ -1,4 +1,4 @@
-"""Collecting several runs into a table (dcn_plugin.study, tools/collect_metrics.py, tools/mimic_study.sh),
+"""Collecting several runs into a table (dcn_plugin.apis.study, tools/collect_metrics.py, tools/mimic_study.sh),
 and the user's round trip with R-CNN feature mimicking: train with the branch, test with and without it."""
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dcn_plugin.study import format_markdown, load_run, summarize_runs
+from dcn_plugin.apis.study import format_brief, format_markdown, load_run, summarize_runs
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PY = sys.executable
@@ -91,6 +91,22 @@ def test_collect_metrics_cli_writes_markdown_and_json(tmp_path):
     assert out.read_text() == proc.stdout
     (summary,) = json.loads(js.read_text())
     assert summary['arm'] == 'dcn' and len(summary['runs']) == 3
+
+
+def test_collect_metrics_brief_prints_one_line_per_run(tmp_path):
+    runs = [_fake_run(tmp_path, f'r{s}', 'dcn', s, (0.3 + s / 100, 0.5, 0.4)) for s in range(2)]
+    assert format_brief([load_run(r) for r in runs]) == ('dcn: bbox mAP 0.300  mAP@0.5 0.500  mAP@0.75 0.400\n'
+                                                         'dcn: bbox mAP 0.310  mAP@0.5 0.500  mAP@0.75 0.400\n')
+    proc = subprocess.run([PY, 'tools/collect_metrics.py', runs[0], '--brief', '--metrics', 'coco/bbox_mAP',
+                           'coco/segm_mAP'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == 'dcn: bbox mAP 0.300  segm_mAP nan\n'
+
+
+def test_the_study_module_keeps_its_former_import_path():
+    import dcn_plugin.apis.study as study
+    import dcn_plugin.study as former
+    assert all(getattr(former, name) is getattr(study, name) for name in former.__all__)
 
 
 def test_study_script_is_valid_bash_and_checks_its_arguments():

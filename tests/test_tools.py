@@ -125,7 +125,7 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path, payload):
 
 # --------------------------------------------------------------------------- offset maths
 def _record(offset_dy=0.0, offset_dx=0.0, hw=(8, 8), stride=1, mask=1.0, name='backbone.l'):
-    from dcn_plugin.apis.offsets import DCNRecord
+    from dcn_plugin.visualization.offsets import DCNRecord
     off = torch.zeros(1, 9, 2, *hw)
     off[:, :, 0] = offset_dy
     off[:, :, 1] = offset_dx
@@ -136,7 +136,7 @@ def _record(offset_dy=0.0, offset_dx=0.0, hw=(8, 8), stride=1, mask=1.0, name='b
 
 
 def test_zero_offsets_give_the_regular_grid_stacked():
-    from dcn_plugin.apis.offsets import stack_sampling_locations
+    from dcn_plugin.visualization.offsets import stack_sampling_locations
     recs = [_record(), _record()]
     pts, w, origin = stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=2)
     assert pts.shape == (81, 2) and w.shape == (81,)
@@ -147,7 +147,7 @@ def test_zero_offsets_give_the_regular_grid_stacked():
 
 
 def test_offsets_and_masks_move_and_weight_the_points():
-    from dcn_plugin.apis.offsets import stack_sampling_locations
+    from dcn_plugin.visualization.offsets import stack_sampling_locations
     pts, w, _ = stack_sampling_locations([_record(1.0, -2.0, mask=0.5)], (4, 4), (8, 8), num_layers=1)
     grid = {(x - 2.0, y + 1.0) for x in range(3, 6) for y in range(3, 6)}
     assert set(map(tuple, pts.tolist())) == grid
@@ -158,7 +158,7 @@ def test_offsets_and_masks_move_and_weight_the_points():
 
 
 def test_strided_maps_are_mapped_through_image_pixels():
-    from dcn_plugin.apis.offsets import stack_sampling_locations
+    from dcn_plugin.visualization.offsets import stack_sampling_locations
     # one layer on a stride-4 map (8x8 map of a 32x32 input): cells are 4 pixels apart
     pts, _, origin = stack_sampling_locations([_record()], (17.5, 17.5), (32, 32), num_layers=1)
     np.testing.assert_allclose(origin, (17.5, 17.5))
@@ -168,7 +168,7 @@ def test_strided_maps_are_mapped_through_image_pixels():
 
 def test_record_dcn_layers_sees_every_dcn_call():
     from dcn_plugin import DeformConv2dPack, ModulatedDeformConv2dPack
-    from dcn_plugin.apis.offsets import draw_sampling_locations, record_dcn_layers, stack_sampling_locations
+    from dcn_plugin.visualization.offsets import draw_sampling_locations, record_dcn_layers, stack_sampling_locations
     model = nn.Sequential(ModulatedDeformConv2dPack(3, 4, 3, padding=1), nn.ReLU(),
                           ModulatedDeformConv2dPack(4, 4, 3, stride=2, padding=1), DeformConv2dPack(4, 4, 3, padding=1))
     with record_dcn_layers(model) as recs:
@@ -245,12 +245,38 @@ def test_save_metrics_writes_json(tmp_path):
     assert rec == {'checkpoint': 'c.pth', 'config': None, 'metrics': {'coco/bbox_mAP': 0.5, 'n': 3}}
 
 
+def test_the_visualisation_maths_keeps_its_former_import_path():
+    import dcn_plugin.apis.offsets as former
+    import dcn_plugin.visualization as visualization
+    assert all(getattr(former, name) is getattr(visualization, name) for name in former.__all__)
+
+
+def test_the_offset_recorder_uses_the_layers_own_offset_and_mask_split():
+    """What is drawn is what the layer samples with: the module's ``offset_and_mask``."""
+    from dcn_plugin.ops import DeformConv2dPack, ModulatedDeformConv2dPack
+    from dcn_plugin.visualization import record_dcn_layers
+    torch.manual_seed(0)
+    for cls in (ModulatedDeformConv2dPack, DeformConv2dPack):
+        layer = cls(4, 4, 3, padding=1, deform_groups=2)
+        torch.nn.init.normal_(layer.conv_offset.weight, std=0.3)
+        x = torch.randn(2, 4, 5, 6)
+        with record_dcn_layers(layer) as records:
+            layer(x)
+        offset, mask = layer.offset_and_mask(x[:1])
+        (rec,) = records
+        assert torch.equal(rec.offset, offset.reshape(2, 9, 2, 5, 6))
+        if mask is None:
+            assert not rec.modulated and torch.equal(rec.mask, torch.ones(2, 9, 5, 6))
+        else:
+            assert rec.modulated and torch.equal(rec.mask, mask.reshape(2, 9, 5, 6))
+
+
 def test_run_demo_script_is_valid_bash_with_help():
     script = osp.join(ROOT, 'tools', 'run_demo.sh')
     subprocess.run(['bash', '-n', script], check=True)
     out = subprocess.run(['bash', script, '--help'], capture_output=True, text=True, check=True).stdout
     assert '--plain' in out
-    for sh in ('dist_train.sh', 'dist_test.sh'):
+    for sh in ('dist_train.sh', 'dist_test.sh', 'dist_run.sh'):
         subprocess.run(['bash', '-n', osp.join(ROOT, 'tools', sh)], check=True)
 
 
@@ -355,9 +381,9 @@ def test_package_lookup_without_pkg_resources():
 # --------------------------------------------------------------------------- checkpoints that do not fit
 def _plain_checkpoint(tiny, path):
     """An mmdet-format checkpoint of the tiny config's model with plain convs (no conv_offset)."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
 
     from tiny_detector import DEMO_PLAIN
     init_default_scope('mmdet')
@@ -413,7 +439,7 @@ def test_resuming_a_dcn_run_from_a_plain_checkpoint_says_why_it_cannot(tiny):
 @needs_mmdet
 def test_visualize_offsets_loads_checkpoints_strictly(tmp_path):
     from dcn_plugin import ModulatedDeformConv2dPack
-    from dcn_plugin.apis.visualize import load_model_checkpoint
+    from dcn_plugin.apis import load_model_checkpoint
     from dcn_plugin.utils.state_dict import CheckpointMismatchError
     model = nn.Sequential(ModulatedDeformConv2dPack(3, 4, 3, padding=1))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
@@ -446,7 +472,7 @@ def test_visualize_offsets_rejects_bad_arguments_before_any_work(capsys, args, m
 
 
 def test_stacking_validates_layers_and_groups_against_the_model():
-    from dcn_plugin.apis.offsets import MAX_STACKED_POINTS, stack_sampling_locations
+    from dcn_plugin.visualization.offsets import MAX_STACKED_POINTS, stack_sampling_locations
     recs = [_record(), _record(), _record()]
     with pytest.raises(ValueError, match='only 3 deformable layer'):
         stack_sampling_locations(recs, (4, 4), (8, 8), num_layers=4)
@@ -463,7 +489,7 @@ def test_stacking_validates_layers_and_groups_against_the_model():
 
 @needs_mmdet
 def test_visualize_offsets_refuses_points_outside_the_image(tiny):
-    from dcn_plugin.apis.visualize import visualize_offsets
+    from dcn_plugin.apis import visualize_offsets
     with pytest.raises(ValueError, match=r'points \(--points\): \(200.0, 5.0\) is outside the 96x96 image'):
         visualize_offsets(tiny['cfg'], None, osp.join(tiny['root'], 'val', '000000.png'), points=[(200.0, 5.0)])
 
@@ -491,3 +517,14 @@ def test_generate_demo_data_accepts_the_smallest_size(tmp_path):
     _tool('generate_demo_data').main(['--out', str(tmp_path), '--size', str(MIN_IMAGE_SIZE), '--train', '1',
                                       '--val', '1'])
     assert demo_dataset_exists(str(tmp_path))
+
+
+def test_generate_demo_data_if_missing_leaves_a_complete_dataset_alone(tmp_path, capsys):
+    """What run_demo.sh and mimic_study.sh call: generate once, then only report."""
+    tool = _tool('generate_demo_data')
+    tool.main(['--out', str(tmp_path), '--size', '64', '--train', '1', '--val', '1', '--if-missing'])
+    image = tmp_path / 'train' / '000000.png'
+    stamp = image.stat().st_mtime_ns
+    tool.main(['--out', str(tmp_path), '--size', '64', '--train', '1', '--val', '1', '--if-missing'])
+    assert f'demo data present in {tmp_path}' in capsys.readouterr().out
+    assert image.stat().st_mtime_ns == stamp

@@ -3,7 +3,8 @@
 Each RUN is a work dir holding ``test_metrics.json`` (``tools/test.py ... --work-dir RUN``) and, when it
 also trained there, its training log. Runs tested with the same config form one arm; the output is a
 Markdown table of each arm's mean ± sample standard deviation (min–max) over its runs (seeds), the
-training speed, and one row per run. The work lives in :mod:`dcn_plugin.study`.
+training speed, and one row per run (``--brief``: one line of metrics per run). The work lives in
+:mod:`dcn_plugin.apis.study`.
 """
 import argparse
 import json
@@ -13,7 +14,7 @@ from dataclasses import asdict
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
 
-from dcn_plugin.study import DEFAULT_METRICS, format_markdown, load_run, summarize_runs  # noqa: E402
+from dcn_plugin.apis.study import DEFAULT_METRICS, format_brief, format_markdown, load_run, summarize_runs  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,13 +24,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f'keys of test_metrics.json to summarise (default: {" ".join(DEFAULT_METRICS)})')
     parser.add_argument('--out', help='also write the Markdown tables to this file')
     parser.add_argument('--json', help='also write the runs and the summaries as JSON to this file')
+    parser.add_argument('--brief', action='store_true', help='print one line of metrics per run instead of the tables')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    summaries = summarize_runs([load_run(path) for path in args.runs], args.metrics)
-    text = format_markdown(summaries, args.metrics)
+    runs = [load_run(path) for path in args.runs]
+    # the brief lines show a metric a run lacks as nan; the statistics need it in every run
+    summaries = summarize_runs(runs, args.metrics) if not args.brief or args.json else []
+    text = format_brief(runs, args.metrics) if args.brief else format_markdown(summaries, args.metrics)
     print(text, end='')
     if args.out:
         with open(args.out, 'w') as f:

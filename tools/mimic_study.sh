@@ -49,9 +49,7 @@ for arm in $ARMS; do
   [ -f "configs/demo/$arm.py" ] || { echo "mimic_study.sh: no config configs/demo/$arm.py" >&2; exit 2; }
 done
 
-if ! "$PY" -c "import sys; from dcn_plugin.datasets.demo_shapes import demo_dataset_exists as e; sys.exit(0 if e('$DATA') else 1)"; then
-  "$PY" tools/generate_demo_data.py --out "$DATA"
-fi
+"$PY" tools/generate_demo_data.py --out "$DATA" --if-missing
 OPTIONS=("data_root=$DATA")
 [ -z "$ITERS" ] || OPTIONS+=("train_cfg.max_iters=$ITERS")
 

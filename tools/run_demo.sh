@@ -4,9 +4,9 @@
 #   bash tools/run_demo.sh            # DCNv2 model (ResNet-18 + DCNv2 c3-c5, GN, from scratch)
 #   bash tools/run_demo.sh --plain    # the same model and schedule with plain convs, for comparison
 #   bash tools/run_demo.sh --fresh    # discard an earlier run of the same model and start over
-#   bash tools/run_demo.sh --no-setup # skip tools/setup_env.sh (.venv already set up)
+#   bash tools/run_demo.sh --no-setup # skip scripts/setup_env.sh (.venv already set up)
 #
-# Steps: set up .venv (tools/setup_env.sh, idempotent) -> generate data/demo/ if missing ->
+# Steps: set up .venv (scripts/setup_env.sh, idempotent) -> generate data/demo/ if missing ->
 # train (an interrupted run continues from its newest intact checkpoint; a final checkpoint left
 # incomplete by a crash does not count as done) -> tools/test.py on val (COCO metrics
 # table, saved to work_dirs/<config>/test_metrics.json) -> offset visualisation PNG (DCN model).
@@ -39,19 +39,15 @@ say() { printf '\n[run_demo] %s\n' "$*"; }
 START=$(date +%s)
 
 if [ "$SETUP" = 1 ]; then
-  say "1/5 environment (tools/setup_env.sh)"
-  bash tools/setup_env.sh
+  say "1/5 environment (scripts/setup_env.sh)"
+  bash scripts/setup_env.sh
 else
   say "1/5 environment: skipped (--no-setup)"
 fi
 PY="$ROOT/.venv/bin/python"
 
 say "2/5 demo data in $DATA"
-if "$PY" -c "import sys; from dcn_plugin.datasets.demo_shapes import demo_dataset_exists as e; sys.exit(0 if e('$DATA') else 1)"; then
-  echo "present"
-else
-  "$PY" tools/generate_demo_data.py --out "$DATA"
-fi
+"$PY" tools/generate_demo_data.py --out "$DATA" --if-missing
 
 if [ "$FRESH" = 1 ] && [ -d "$WORK_DIR" ]; then
   say "removing the earlier run in $WORK_DIR (--fresh)"
@@ -92,12 +88,7 @@ else
 fi
 
 TOTAL_S=$(( $(date +%s) - START ))
-"$PY" - "$WORK_DIR/test_metrics.json" "$TRAIN_S" "$TEST_S" "$TOTAL_S" "$NAME" <<'PYEOF'
-import json, sys
-path, train_s, test_s, total_s, name = sys.argv[1:]
-m = json.load(open(path))['metrics']
-print(f'\n[run_demo] {name}: bbox mAP {m.get("coco/bbox_mAP", float("nan")):.3f}  '
-      f'mAP@0.5 {m.get("coco/bbox_mAP_50", float("nan")):.3f}  mAP@0.75 {m.get("coco/bbox_mAP_75", float("nan")):.3f}')
-print(f'[run_demo] time: train {int(train_s) // 60} min {int(train_s) % 60} s, test {test_s} s, '
-      f'total {int(total_s) // 60} min {int(total_s) % 60} s  (metrics: {path})')
-PYEOF
+printf '\n[run_demo] %s' "$("$PY" tools/collect_metrics.py "$WORK_DIR" --brief)"
+minsec() { echo "$(( $1 / 60 )) min $(( $1 % 60 )) s"; }
+printf '\n[run_demo] time: train %s, test %s s, total %s  (metrics: %s)\n' \
+  "$(minsec "$TRAIN_S")" "$TEST_S" "$(minsec "$TOTAL_S")" "$WORK_DIR/test_metrics.json"

@@ -6,16 +6,20 @@ differ are listed and the exit status is 1) unless ``--allow-partial-load`` is g
 over mmengine's Runner; the work lives in :mod:`dcn_plugin.apis`.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
 
-from mmengine.config import DictAction  # noqa: E402
-
-from dcn_plugin.apis import (build_runner, exit_on_user_error, load_config, save_metrics,  # noqa: E402
-                             setup_test_cfg, teardown_distributed)
+from dcn_plugin.apis import (  # noqa: E402
+    build_runner,
+    exit_on_user_error,
+    load_config,
+    parse_tool_args,
+    save_metrics,
+    setup_test_cfg,
+    teardown_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,14 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--show', action='store_true', help='show the detections in a window')
     parser.add_argument('--show-dir', help='save drawn detections to <work dir>/<timestamp>/<show dir>')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each picture is shown (--show)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (e.g. data_root=/data/coco/)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None) -> dict:

@@ -4,16 +4,19 @@ A thin script over mmengine's Runner (as mmdet's ``tools/train.py``); the work l
 :mod:`dcn_plugin.apis`. The work dir defaults to ``work_dirs/<config name>``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
 
-from mmengine.config import DictAction  # noqa: E402
-
-from dcn_plugin.apis import (build_runner, exit_on_user_error, load_config, setup_train_cfg,  # noqa: E402
-                             teardown_distributed)
+from dcn_plugin.apis import (  # noqa: E402
+    build_runner,
+    exit_on_user_error,
+    load_config,
+    parse_tool_args,
+    setup_train_cfg,
+    teardown_distributed,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,15 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a path from the newest intact one in the work '
                              'dir (a truncated or corrupt newest checkpoint is skipped with a warning)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value (e.g. data_root=/data/coco/ '
-                             'train_cfg.max_iters=100)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,6 @@
 # DCNv2 (modulated deformable conv) in the 3x3 convs of stages c3-c5.
-_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['dcn_plugin'], allow_failed_imports=False)
-# crash-safe checkpoints, exact resume, checkpoints that must fit the model (dcn_plugin.apis.hooks)
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [dict(type='TorchRNGStateHook'), dict(type='CheckpointMatchHook')]
+# The baseline (mmdet's config with the plugin imported and its crash-safe training hooks) plus:
+_base_ = './faster-rcnn_r50_fpn_1x_coco.py'
 model = dict(
     backbone=dict(
         type='DCNResNet',

@@ -1,7 +1,8 @@
 # The demo's plain-conv model: Faster R-CNN, ResNet-18 (half width) + FPN (64 channels), GroupNorm in
 # every conv of backbone and neck (the box head is 2fc, with no conv to normalise), a light RPN / RoI
 # budget, trained from scratch on the embedded "deformed shapes" data (tools/generate_demo_data.py)
-# in a CPU-sized schedule (docs/demo.md). faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py is the same model with DCNv2.
+# in a CPU-sized schedule (docs/demo.md). faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py is the same
+# model with DCNv2.
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['dcn_plugin'], allow_failed_imports=False)
 
@@ -29,6 +30,9 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=1,
     persistent_workers=True,
+    # an endless sampler for the iteration-based schedule, as mmdet's iteration configs use (the default
+    # sampler's epochs end, and mmengine restarts it with a warning each time); resuming stays exact
+    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         data_root=data_root,
         metainfo=metainfo,

@@ -5,14 +5,16 @@ resume, checked checkpoints and datasets), metrics saving, and the tools' error 
 Importing this module lets mmengine find ``mmdet::`` base configs without ``pkg_resources`` (see
 :mod:`dcn_plugin.utils.compat`).
 """
+import argparse
 import contextlib
 import datetime
 import json
+import os
 import os.path as osp
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 
 from ..datasets.checks import DatasetError, checked_dataloader_builder
@@ -20,13 +22,28 @@ from ..utils.atomic import atomic_write
 from ..utils.checkpoint import CheckpointError, install_checkpoint_loaders
 from ..utils.compat import patch_mmengine_package_utils
 
-__all__ = ['load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
+__all__ = ['parse_tool_args', 'load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
            'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir',
            'use_atomic_checkpoints', 'exit_on_user_error']
 
 patch_mmengine_package_utils()  # 'mmdet::' base configs without pkg_resources (setuptools >= 81)
 
 _DATA_SECTIONS = ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator')
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv: Optional[Any] = None) -> argparse.Namespace:
+    """Add the arguments every runner tool takes (``--cfg-options``, ``--launcher``, ``--local-rank``, as
+    mmdet's tools), parse ``argv`` (``sys.argv[1:]`` when None) and export ``LOCAL_RANK`` for torch's
+    launchers."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (e.g. data_root=/data/coco/ '
+                             'train_cfg.max_iters=100)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def default_work_dir(config_path: str) -> str:

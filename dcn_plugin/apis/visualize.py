@@ -8,8 +8,13 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .offsets import (check_group, check_num_layers, draw_sampling_locations, record_dcn_layers,
-                      stack_sampling_locations)
+from ..visualization.offsets import (
+    check_group,
+    check_num_layers,
+    draw_sampling_locations,
+    record_dcn_layers,
+    stack_sampling_locations,
+)
 
 __all__ = ['visualize_offsets', 'load_model_checkpoint', 'MAX_PANELS']
 
@@ -93,7 +98,7 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
             there are none).
         num_layers: consecutive deformable layers to stack (``(kh*kw)**num_layers`` points), from 1 to
             the number of deformable layers matching ``layers``, and at most
-            :data:`~dcn_plugin.apis.offsets.MAX_STACKED_POINTS` points (5 layers of 3x3 kernels).
+            :data:`~dcn_plugin.visualization.MAX_STACKED_POINTS` points (5 layers of 3x3 kernels).
         layers: regular expression the layers' module names must match (default: the backbone's).
         group: deform group whose offsets are followed (below the layers' ``deform_groups``).
         score_thr: in [0, 1].
@@ -111,8 +116,8 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
         The PNG's path.
     """
     import cv2
-    from mmengine.config import Config
     from mmdet.apis import inference_detector, init_detector
+    from mmengine.config import Config
 
     _check_arguments(points, num_layers, group, score_thr, topk, upscale, layers)
     img = cv2.imread(image, cv2.IMREAD_COLOR)

@@ -12,9 +12,19 @@ Importing this package also registers the symbolics of the TorchScript-based exp
 ``torch.onnx.export(model, (x,), 'model.onnx', dynamo=False, opset_version=19)`` works too.
 :mod:`dcn_plugin.deploy.detector` exports mmdet detectors (backbone, neck and dense head).
 """
-from .onnx_export import (DEFAULT_OPSET, MIN_OPSET, TRANSLATED_OPERATORS, UnsupportedOperatorError,
-                          check_exportable, check_opset, deform_conv_attributes, export_onnx, onnx_translation_table,
-                          plugin_operators, register_torchscript_symbolics)
+from .onnx_export import (
+                          DEFAULT_OPSET,
+                          MIN_OPSET,
+                          TRANSLATED_OPERATORS,
+                          UnsupportedOperatorError,
+                          check_exportable,
+                          check_opset,
+                          deform_conv_attributes,
+                          export_onnx,
+                          onnx_translation_table,
+                          plugin_operators,
+                          register_torchscript_symbolics,
+)
 from .runtime import OutputDifference, compare_with_onnxruntime, onnxruntime_session, run_onnxruntime
 
 register_torchscript_symbolics()

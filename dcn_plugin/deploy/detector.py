@@ -114,6 +114,7 @@ def load_detector(config: str, checkpoint: Optional[str], cfg_options: Optional[
     with the project's safe loading (``torch.load(weights_only=True)`` plus the allow-list of the
     types mmengine checkpoints carry). Returns the model in eval mode; ``model.cfg`` is the config."""
     from mmdet.apis import init_detector
+
     from ..apis.runner import load_config  # also allow-lists the checkpoint types
     cfg = load_config(config, cfg_options)
     return init_detector(cfg, checkpoint, device=device).eval()

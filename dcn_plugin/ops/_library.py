@@ -13,7 +13,7 @@ from typing import Optional
 CSRC = Path(__file__).resolve().parent / 'csrc'
 _SOURCE_SUFFIXES = ('.cpp', '.cu', '.cuh', '.h')
 
-_BUILD_HINT = ('Build it from the repository root with `bash tools/setup_env.sh` (creates .venv), or '
+_BUILD_HINT = ('Build it from the repository root with `bash scripts/setup_env.sh` (creates .venv), or '
                'in your own environment with `pip install --no-build-isolation -e .` '
                '(add FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=... for the CUDA kernels).')
 

@@ -16,52 +16,18 @@ here) and Meta kernels (in C++, with the kernels' validator), so ``torch.compile
 module only turns Python arguments (ints or pairs) into the operator's.
 """
 from numbers import Integral
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 from . import _library
+from .pair import IntPair, to_pair
 
 _library.load()
 
-#: An int (the same value for height and width) or a pair ``(h, w)``. Spelled as a union TorchScript
-#: compiles, so the functions below script as they are (``torch.jit.script``).
-IntPair = Union[int, Tuple[int, int], List[int]]
 _OP = 'dcn_plugin::modulated_deform_conv2d'
 _BWD = torch.ops.dcn_plugin.modulated_deform_conv2d_backward
-
-
-def _python_ints(value: Any) -> List[int]:
-    """Eager-mode conversion: ``[v, v]`` for an int, the ints of a sequence of ints, ``[]`` otherwise
-    (bools, floats, tensors, strings, sequences holding anything but ints)."""
-    if isinstance(value, (bool, torch.Tensor, str, bytes)):
-        return []
-    if isinstance(value, Integral):
-        return [int(value), int(value)]
-    if isinstance(value, Sequence) and all(isinstance(v, Integral) and not isinstance(v, bool) for v in value):
-        return [int(v) for v in value]
-    return []
-
-
-def _scripted_ints(value: IntPair) -> List[int]:
-    # TorchScript's types already guarantee ints; lists of another length are refused by _pair
-    if isinstance(value, int):
-        return [value, value]
-    if isinstance(value, list):
-        return value
-    return [value[0], value[1]]
-
-
-def _pair(value: IntPair, name: str) -> List[int]:
-    """``value`` as ``[h, w]``; a TypeError naming the argument unless it is an int or a pair of ints."""
-    if torch.jit.is_scripting():
-        pair = _scripted_ints(value)
-    else:
-        pair = _python_ints(value)
-    if len(pair) != 2:
-        raise TypeError(f'{name} must be an int or a pair of ints, got {value}')
-    return pair
 
 
 def _check_python_args(**args: Any) -> None:
@@ -100,7 +66,7 @@ def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Optional[Tensor
     accumulation in float32 (float64 for float64). Under autocast the op runs in the autocast dtype on
     CUDA (like ``conv2d``) and in float32 on CPU; the result is in that dtype.
     """
-    stride_, padding_, dilation_ = _pair(stride, 'stride'), _pair(padding, 'padding'), _pair(dilation, 'dilation')
+    stride_, padding_, dilation_ = to_pair(stride, 'stride'), to_pair(padding, 'padding'), to_pair(dilation, 'dilation')
     if not torch.jit.is_scripting():
         _check_python_args(input=input, offset=offset, mask=mask, weight=weight, bias=bias, groups=groups,
                            deform_groups=deform_groups)

@@ -10,13 +10,13 @@ import importlib.util
 import math
 import sys
 import warnings
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
-from .functional import IntPair, check_im2col_step, modulated_deform_conv2d
+from .functional import check_im2col_step, modulated_deform_conv2d
+from .pair import IntPair, to_pair
 
 
 def _caller_stacklevel() -> int:
@@ -68,15 +68,15 @@ class ModulatedDeformConv2d(nn.Module):
                              f'({deform_groups})')
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = tuple(to_pair(kernel_size, 'kernel_size'))
+        self.stride = tuple(to_pair(stride, 'stride'))
+        self.padding = tuple(to_pair(padding, 'padding'))
+        self.dilation = tuple(to_pair(dilation, 'dilation'))
         self.groups = groups
         self.deform_groups = deform_groups
         # mmcv compatibility: these exist on mmcv's modules and some code reads them
         self.transposed = False
-        self.output_padding = _pair(0)
+        self.output_padding = (0, 0)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels))
@@ -143,11 +143,18 @@ class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
         super().__init__(*args, **kwargs)
         self._add_conv_offset(3)  # (dy, dx, mask) per kernel point
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def offset_and_mask(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The offsets and mask this layer samples ``x`` with (what :meth:`forward` uses).
+
+        ``conv_offset(x)`` split in thirds ``(o1, o2, m)``: ``offset = cat(o1, o2)``
+        ``(N, 2*dg*kh*kw, Ho, Wo)``, ``mask = sigmoid(m)`` ``(N, dg*kh*kw, Ho, Wo)``.
+        """
         out = self.conv_offset(x)
         o1, o2, m = torch.chunk(out, 3, dim=1)
-        offset = torch.cat((o1, o2), dim=1)
-        mask = torch.sigmoid(m)
+        return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        offset, mask = self.offset_and_mask(x)
         return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
                                        self.dilation, self.groups, self.deform_groups)
 
@@ -205,9 +212,14 @@ class DeformConv2dPack(DeformConv2d):
         super().__init__(*args, **kwargs)
         self._add_conv_offset(2)  # (dy, dx) per kernel point
 
+    def offset_and_mask(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """The offsets ``conv_offset(x)`` ``(N, 2*dg*kh*kw, Ho, Wo)`` this layer samples ``x`` with, and
+        ``None``: DCNv1 has no mask (the signature of :meth:`ModulatedDeformConv2dPack.offset_and_mask`)."""
+        return self.conv_offset(x), None
+
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        offset = self.conv_offset(x)
-        return modulated_deform_conv2d(x, offset, None, self.weight, self.bias, self.stride, self.padding,
+        offset, mask = self.offset_and_mask(x)
+        return modulated_deform_conv2d(x, offset, mask, self.weight, self.bias, self.stride, self.padding,
                                        self.dilation, self.groups, self.deform_groups)
 
 

@@ -3,16 +3,12 @@
 Used by the tests (float64 parity for the output and, through autograd, every gradient) and by the
 benchmark's agreement check. Same arguments and semantics as :func:`modulated_deform_conv2d`.
 """
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-IntPair = Union[int, Sequence[int]]
-
-
-def _pair(v: IntPair):
-    return (v, v) if isinstance(v, int) else tuple(v)
+from .pair import IntPair, to_pair
 
 
 def bilinear_sample(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
@@ -44,9 +40,9 @@ def modulated_deform_conv2d_reference(input: Tensor, offset: Tensor, mask: Optio
                                       bias: Optional[Tensor] = None, stride: IntPair = 1, padding: IntPair = 0,
                                       dilation: IntPair = 1, groups: int = 1, deform_groups: int = 1) -> Tensor:
     """Reference DCNv2 (DCNv1 with ``mask=None``); shapes as in :func:`modulated_deform_conv2d`."""
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
+    sh, sw = to_pair(stride, 'stride')
+    ph, pw = to_pair(padding, 'padding')
+    dh, dw = to_pair(dilation, 'dilation')
     n, c, h, w = input.shape
     o, cg, kh, kw = weight.shape
     ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
@@ -83,7 +79,7 @@ def deform_roi_pool_reference(input: Tensor, rois: Tensor, offset: Optional[Tens
     averaged, RoIAlign's border rule being bilinear sampling at coordinates clamped into the map, with
     samples outside ``[-1, size]`` set to zero. Differentiable in ``input`` and ``offset``.
     """
-    ph, pw = _pair(output_size)
+    ph, pw = to_pair(output_size, 'output_size')
     h, w = input.shape[2:]
     outs = []
     for k in range(rois.shape[0]):

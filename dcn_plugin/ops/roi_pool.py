@@ -31,7 +31,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .functional import IntPair, _check_python_args, _pair, refuse_double_backward
+from .functional import _check_python_args, refuse_double_backward
+from .pair import IntPair, to_pair
 
 _OP = 'dcn_plugin::deform_roi_pool'
 _BWD = torch.ops.dcn_plugin.deform_roi_pool_backward
@@ -64,7 +65,7 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
     float32 (float64 for float64). Under autocast the op runs in the autocast dtype on CUDA and in
     float32 on CPU, with float32 RoIs.
     """
-    size = _pair(output_size, 'output_size')
+    size = to_pair(output_size, 'output_size')
     _check_python_args(input=input, rois=rois, offset=offset)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, Integral):
         raise TypeError(f'sampling_ratio must be an int, got {sampling_ratio!r}')

@@ -20,9 +20,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
-from .functional import IntPair
+from .pair import IntPair, to_pair
 from .roi_pool import deform_roi_pool
 
 BRANCHES = ('mmcv', 'paper')
@@ -44,7 +43,7 @@ class DeformRoIPool(nn.Module):
     def __init__(self, output_size: IntPair, spatial_scale: float = 1.0, sampling_ratio: int = 0,
                  gamma: float = 0.1):
         super().__init__()
-        self.output_size = _pair(output_size)
+        self.output_size = tuple(to_pair(output_size, 'output_size'))
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.gamma = float(gamma)

@@ -1,15 +1,25 @@
-"""Compatibility fixes for the OpenMMLab stack on current Python packaging.
+"""Package-scoped config paths (``'mmdet::...'``, ``'dcn_plugin::...'``) in every environment.
 
-mmengine 0.10.x resolves ``'mmdet::...'`` base configs with ``pkg_resources``, which setuptools
-removed in version 81. Where ``pkg_resources`` is missing, :func:`patch_mmengine_package_utils`
-gives mmengine's config loader ``importlib.metadata`` based equivalents of ``is_installed`` and
-``get_installed_path``; where it exists nothing changes.
+mmengine 0.10 resolves ``_base_ = '<package>::<path>'`` as ``<installed package>/.mim/configs/<path>``
+and
+
+* accepts only the packages of its own list (``MODULE2PACKAGE``): :func:`patch_mmengine_package_utils`
+  adds ``dcn_plugin``, whose configs setup.py installs under ``dcn_plugin/.mim``;
+* finds the installed folder through ``pkg_resources`` as ``<distribution location>/<package>``, which
+  is wrong for editable installs (the location is site-packages, the code is in the checkout) and fails
+  where ``pkg_resources`` is gone (setuptools >= 81): :func:`get_installed_path` asks the import
+  system where the package is instead, and :func:`is_installed` needs no ``pkg_resources``.
+
+Importing :mod:`dcn_plugin` applies the patch when mmengine is installed; it is idempotent.
 """
 import importlib.util
 import os.path as osp
 from importlib import metadata
 
-__all__ = ['patch_mmengine_package_utils']
+__all__ = ['patch_mmengine_package_utils', 'is_installed', 'get_installed_path', 'CONFIG_SCOPE']
+
+#: the package scope of this package's configs: ``_base_ = 'dcn_plugin::dcn/<config>.py'``
+CONFIG_SCOPE = 'dcn_plugin'
 
 _PATCHED = False
 
@@ -35,7 +45,8 @@ def is_installed(package: str) -> bool:
 
 
 def get_installed_path(package: str) -> str:
-    """Folder of the installed package's top-level module (what mmengine looks for ``.mim`` in)."""
+    """Folder of the installed package's top-level module (what mmengine looks for ``.mim`` in): where
+    Python imports it from, so an editable install gives its checkout."""
     module = _module_name(package)
     spec = importlib.util.find_spec(module) or importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
@@ -44,17 +55,24 @@ def get_installed_path(package: str) -> str:
 
 
 def patch_mmengine_package_utils() -> bool:
-    """Install the fallbacks into mmengine when ``pkg_resources`` is unavailable; True if patched."""
+    """Register ``dcn_plugin`` as a config scope and give mmengine's config loader :func:`get_installed_path`
+    (and :func:`is_installed` where ``pkg_resources`` is missing).
+
+    Returns:
+        True (the patch is in place after the call).
+    """
     global _PATCHED
     if _PATCHED:
         return True
-    if importlib.util.find_spec('pkg_resources') is not None:
-        return False
     import mmengine.config.config as config_mod
+    import mmengine.config.utils as config_utils
     import mmengine.utils as utils_mod
     import mmengine.utils.package_utils as pkg_mod
+    config_utils.MODULE2PACKAGE.setdefault(CONFIG_SCOPE, CONFIG_SCOPE)
+    without_pkg_resources = importlib.util.find_spec('pkg_resources') is None
     for mod in (config_mod, utils_mod, pkg_mod):
-        mod.is_installed = is_installed
         mod.get_installed_path = get_installed_path
+        if without_pkg_resources:
+            mod.is_installed = is_installed
     _PATCHED = True
     return True

@@ -121,7 +121,7 @@ def test_run_demo_resumes_instead_of_calling_a_truncated_final_checkpoint_done(t
     name = 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes'
     (sandbox / 'tools').mkdir(parents=True)
     shutil.copy(osp.join(ROOT, 'tools', 'run_demo.sh'), sandbox / 'tools')
-    for tool in ('train.py', 'test.py', 'visualize_offsets.py', 'generate_demo_data.py'):
+    for tool in ('train.py', 'test.py', 'visualize_offsets.py', 'generate_demo_data.py', 'collect_metrics.py'):
         os.symlink(osp.join(ROOT, 'tools', tool), sandbox / 'tools' / tool)
     os.symlink(osp.join(ROOT, 'dcn_plugin'), sandbox / 'dcn_plugin')
     (sandbox / 'configs' / 'demo').mkdir(parents=True)
@@ -182,8 +182,9 @@ def test_the_tools_use_the_atomic_hook_and_keep_other_hook_types():
 
 
 def test_a_config_can_name_the_hooks_itself():
-    import dcn_plugin  # noqa: F401
     from mmengine.registry import HOOKS
+
+    import dcn_plugin  # noqa: F401
     for name in ('AtomicCheckpointHook', 'TorchRNGStateHook', 'CheckpointMatchHook'):
         assert HOOKS.get(name) is not None
     hook = HOOKS.build(dict(type='AtomicCheckpointHook', interval=5, max_keep_ckpts=3, by_epoch=False))
@@ -195,8 +196,9 @@ def test_shipped_configs_name_the_crash_safe_hooks():
     """Run by mmdet's own tools/train.py, the shipped configs get the same hooks as through ours."""
     import glob
 
-    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     from mmengine.config import Config
+
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     paths = sorted(glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
     assert paths
     for path in paths:

@@ -47,7 +47,8 @@ def test_splits_differ_and_do_not_depend_on_their_size(tmp_path):
     generate_demo_dataset(a, seed=0, splits={'train': 2, 'val': 2}, image_size=96)
     generate_demo_dataset(b, seed=0, splits={'train': 5}, image_size=96)
     for i in range(2):  # image i of a split is the same whatever the split's length
-        with open(osp.join(a, 'train', f'{i:06d}.png'), 'rb') as fa, open(osp.join(b, 'train', f'{i:06d}.png'), 'rb') as fb:
+        name = f'{i:06d}.png'
+        with open(osp.join(a, 'train', name), 'rb') as fa, open(osp.join(b, 'train', name), 'rb') as fb:
             assert fa.read() == fb.read()
     with open(osp.join(a, 'train', '000000.png'), 'rb') as ft, open(osp.join(a, 'val', '000000.png'), 'rb') as fv:
         assert ft.read() != fv.read()

@@ -9,15 +9,19 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from deploy_test_utils import assert_onnxruntime_matches, deform_conv_nodes
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'test_models'))
 from model_test_utils import dcn_layers, randomize_  # noqa: E402  (skips without mmdet)
 
 import dcn_plugin.deploy as deploy  # noqa: E402
-from dcn_plugin.deploy.detector import (DetectorExportModule, ExportCheck, detections_from_outputs,  # noqa: E402
-                                        load_detector, load_image)
+from dcn_plugin.deploy.detector import (  # noqa: E402
+    DetectorExportModule,
+    ExportCheck,
+    detections_from_outputs,
+    load_detector,
+    load_image,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs/demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py')
@@ -29,6 +33,7 @@ def exported(tmp_path_factory):
     """The demo config's model with random weights and non-zero offsets, saved as an mmengine-style
     checkpoint; a demo image on disk; the tool run on them (once for the module)."""
     import cv2
+
     from dcn_plugin.datasets.demo_shapes import render_image
     tmp = tmp_path_factory.mktemp('export_tool')
     torch.manual_seed(0)
@@ -97,6 +102,7 @@ def test_graph_preprocessing_equals_mmdets_data_preprocessor(loaded):
 def test_head_outputs_finish_into_mmdets_own_detections(exported, loaded, tmp_path):
     import cv2
     from mmdet.apis import inference_detector
+
     from dcn_plugin.datasets.demo_shapes import render_image
     model, module, _ = loaded
     path = str(tmp_path / 'large.png')  # the test pipeline shrinks it: boxes are scaled back

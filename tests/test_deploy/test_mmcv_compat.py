@@ -11,8 +11,14 @@ mmcv_ops = pytest.importorskip('mmcv.ops')
 from mmdet.models.backbones import ResNet, ResNeXt  # noqa: E402
 
 from dcn_plugin.models.backbones import DCNResNet, DCNResNeXt  # noqa: E402
-from dcn_plugin.ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa: E402
-                            ModulatedDeformConv2dPack, deform_conv2d, modulated_deform_conv2d)
+from dcn_plugin.ops import (  # noqa: E402
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+    deform_conv2d,
+    modulated_deform_conv2d,
+)
 
 
 def _inputs(n=3, seed=0):

@@ -5,9 +5,8 @@ import sys
 
 import pytest
 import torch
-from torch import nn
-
 from deploy_test_utils import assert_onnxruntime_matches, deform_conv_nodes, export_torchscript
+from torch import nn
 
 sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'test_models'))
 from model_test_utils import dcn_layers, randomize_  # noqa: E402  (skips without mmdet)

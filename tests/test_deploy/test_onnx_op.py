@@ -4,14 +4,18 @@ operators that have no ONNX equivalent."""
 import numpy as np
 import pytest
 import torch
+from deploy_test_utils import (
+    assert_onnxruntime_matches,
+    attributes,
+    deform_conv_nodes,
+    export_torchscript,
+    op_types,
+    random_offsets_,
+)
 from torch import nn
 
-from deploy_test_utils import (assert_onnxruntime_matches, attributes, deform_conv_nodes, export_torchscript,
-                               op_types, random_offsets_)
-
 import dcn_plugin.deploy as deploy  # noqa: E402
-from dcn_plugin.ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,  # noqa: E402
-                            ModulatedDeformConv2dPack)
+from dcn_plugin.ops import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d, ModulatedDeformConv2dPack  # noqa: E402
 
 
 class Branches(nn.Module):

@@ -5,8 +5,14 @@ import io
 import pytest
 import torch
 
-from dcn_plugin.ops import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d, ModulatedDeformConv2dPack,
-                            deform_conv2d, modulated_deform_conv2d)
+from dcn_plugin.ops import (
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+    deform_conv2d,
+    modulated_deform_conv2d,
+)
 
 # torch 2.14 deprecates TorchScript (FutureWarning) but ships it; users of scripted models still rely on it
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning',

@@ -1,12 +1,12 @@
 """DCNFPN: which convs are deformable, norms, init of the offsets, equivalence with mmdet FPN + mmcv DCNv2."""
 import pytest
 import torch
-from model_test_utils import dcn_layers, randomize_  # first: skips without mmdet / mmcv.ops
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
+from model_test_utils import dcn_layers, randomize_  # first: skips without mmdet / mmcv.ops
 from torch import nn
 
-from dcn_plugin.models import ChannelLayerNorm2d, DCNFPN, SampleLayerNorm2d
+from dcn_plugin.models import DCNFPN, ChannelLayerNorm2d, SampleLayerNorm2d
 from dcn_plugin.ops import DeformConv2dPack, ModulatedDeformConv2dPack
 
 IN_CHANNELS = [16, 32, 64, 128]

@@ -3,10 +3,10 @@ import copy
 
 import pytest
 import torch
-from model_test_utils import dcn_layers, randomize_  # first: skips without mmdet / mmcv.ops
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 from mmengine.registry import DefaultScope
+from model_test_utils import dcn_layers, randomize_  # first: skips without mmdet / mmcv.ops
 from torch import nn
 
 from dcn_plugin.models import ChannelLayerNorm2d, DCNResNet, DCNResNeXt, SampleLayerNorm2d

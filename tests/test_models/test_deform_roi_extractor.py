@@ -7,9 +7,7 @@ import torch
 
 pytest.importorskip('mmdet')
 
-from dcn_plugin.models.roi_extractors import DeformRoIExtractor  # noqa: E402
-from dcn_plugin.ops import (DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack,  # noqa: E402
-                            deform_roi_pool)
+from dcn_plugin.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 STRIDES = [4, 8, 16, 32]
@@ -146,9 +144,10 @@ def test_init_weights_zeroes_the_heads_after_an_init_cfg():
     ('faster-rcnn_r50_fpn_dpool_1x_coco.py', 'dcn/faster-rcnn_r50_fpn_dpool_1x_coco.py'),
 ], ids=['mdpool', 'dpool'])
 def test_mmdet_state_dict_loads_strictly_into_our_config(ours, theirs):
-    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases)
     import mmdet
     from mmengine.config import Config
+
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases)
     # mmdet's own config and model (mmcv's CUDA-only RoI layers can be built, not run, on CPU)
     cfg = Config.fromfile(osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs', theirs))
     cfg.model.backbone.init_cfg = None

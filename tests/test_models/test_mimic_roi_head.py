@@ -5,10 +5,10 @@ import os.path as osp
 
 import pytest
 import torch
-from model_test_utils import randomize_  # noqa: F401  (first: skips without mmdet / mmcv.ops)
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.structures import InstanceData
+from model_test_utils import randomize_  # noqa: F401  (first: skips without mmdet / mmcv.ops)
 
 from dcn_plugin.models.roi_heads import MimicFasterRCNN, MimicRoIHead, crop_image_rois, mimic_cosine_loss
 
@@ -18,8 +18,9 @@ NUM_CLASSES = 3
 
 def _model_cfg(mimic: bool = True, **head):
     """A tiny Faster R-CNN (ResNet-18 at 1/8 width, 16-channel FPN), from the shipped baseline config."""
-    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     from mmengine.config import Config
+
+    import dcn_plugin.apis  # noqa: F401  ('mmdet::' bases without pkg_resources)
     cfg = copy.deepcopy(Config.fromfile(osp.join(ROOT, 'configs', 'dcn', 'faster-rcnn_r50_fpn_1x_coco.py')).model)
     cfg.backbone.update(depth=18, base_channels=8, init_cfg=None)
     cfg.neck.update(in_channels=[8, 16, 32, 64], out_channels=16)
@@ -351,6 +352,7 @@ def _predict(model, images, samples):
 
 def test_predictions_are_the_same_with_and_without_the_branch(tmp_path):
     from mmengine.runner import load_checkpoint, save_checkpoint
+
     from dcn_plugin.utils import register_safe_checkpoint_globals
     register_safe_checkpoint_globals()
     trained = _model(mimic=True)

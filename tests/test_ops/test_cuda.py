@@ -3,7 +3,7 @@ sorted one of deterministic mode), several chunks, edge-case samples, low precis
 sizes, 64-bit indexing, streams, determinism, gradcheck, opcheck, torch.compile, device checks.
 
 Every test is marked ``cuda``: it needs a CUDA GPU and dcn_plugin built with its CUDA kernels
-(``FORCE_CUDA=1``), and is skipped without a GPU (tests/conftest.py). ``tools/gpu_check.sh`` builds the
+(``FORCE_CUDA=1``), and is skipped without a GPU (tests/conftest.py). ``scripts/gpu_check.sh`` builds the
 extension and runs them on a GPU machine, and again under compute-sanitizer less the tests marked
 ``slow``, gradcheck and opcheck.
 """
@@ -11,11 +11,10 @@ import os
 
 import pytest
 import torch
+from op_cases import Case, Inputs, assert_rel_close, edge_case_offsets, forward_backward
 from torch.profiler import ProfilerActivity, profile
 
 from dcn_plugin.ops import has_cuda_kernels, modulated_deform_conv2d
-
-from op_cases import Case, Inputs, assert_rel_close, edge_case_offsets, forward_backward
 
 os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read by cuBLAS when its handle is made
 

@@ -1,11 +1,10 @@
 """The op is a real PyTorch custom op: gradcheck, opcheck, torch.compile, autocast, dtype rules."""
 import pytest
 import torch
+from op_cases import Case
 
 from dcn_plugin.ops import modulated_deform_conv2d
 from dcn_plugin.ops.reference import modulated_deform_conv2d_reference
-
-from op_cases import Case
 
 OP = torch.ops.dcn_plugin.modulated_deform_conv2d
 BWD = torch.ops.dcn_plugin.modulated_deform_conv2d_backward

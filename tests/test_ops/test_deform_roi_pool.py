@@ -5,11 +5,10 @@ import re
 import pytest
 import torch
 import torchvision
+from roi_pool_cases import HYPER, make_case
 
 from dcn_plugin.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool
 from dcn_plugin.ops.reference import deform_roi_pool_reference
-
-from roi_pool_cases import HYPER, make_case
 
 OP = torch.ops.dcn_plugin.deform_roi_pool
 BWD = torch.ops.dcn_plugin.deform_roi_pool_backward
@@ -317,13 +316,16 @@ def _rois(row, value):
 MALFORMED = [
     ('rois not (K, 5)', dict(rois=torch.zeros(6, 4, dtype=torch.float64)), ValueError,
      r'rois must have shape \(K, 5\) of \(batch_index, x1, y1, x2, y2\), got \(6, 4\)'),
-    ('rois 1-D', dict(rois=torch.zeros(5, dtype=torch.float64)), ValueError, r'rois must be a 2-D tensor .*got shape \(5,\)'),
+    ('rois 1-D', dict(rois=torch.zeros(5, dtype=torch.float64)), ValueError,
+     r'rois must be a 2-D tensor .*got shape \(5,\)'),
     ('batch index out of range', dict(rois=_rois((2, 0), 2.0)), ValueError,
      r'rois\[:, 0\] must be batch indices: integers in \[0, N\) = \[0, 2\).*got rois\[2\] = \(2, '),
-    ('negative batch index', dict(rois=_rois((0, 0), -1.0)), ValueError, r'integers in \[0, N\) = \[0, 2\).*rois\[0\] = \(-1,'),
+    ('negative batch index', dict(rois=_rois((0, 0), -1.0)), ValueError,
+     r'integers in \[0, N\) = \[0, 2\).*rois\[0\] = \(-1,'),
     ('batch index not an integer', dict(rois=_rois((3, 0), 0.5)), ValueError,
      r'rois\[:, 0\] must be batch indices: integers .*got rois\[3\] = \(0.5,'),
-    ('NaN coordinate', dict(rois=_rois((1, 2), float('nan'))), ValueError, r'rois must be finite .*got rois\[1\] = \(.*nan'),
+    ('NaN coordinate', dict(rois=_rois((1, 2), float('nan'))), ValueError,
+     r'rois must be finite .*got rois\[1\] = \(.*nan'),
     ('infinite coordinate', dict(rois=_rois((4, 3), float('inf'))), ValueError, r'rois must be finite .*rois\[4\]'),
     ('x2 < x1', dict(rois=torch.tensor([[0., 5., 1., 4., 3.]], dtype=torch.float64),
                      offset=torch.zeros(1, 2, 3, 2, dtype=torch.float64)), ValueError,
@@ -337,11 +339,14 @@ MALFORMED = [
     ('offset rois count', dict(offset=torch.zeros(5, 2, 3, 2, dtype=torch.float64)), ValueError,
      r'offset must have shape .*\(6, 2, 3, 2\).*got \(5, 2, 3, 2\)'),
     ('offset rank', dict(offset=torch.zeros(6, 2, 6, dtype=torch.float64)), ValueError, r'offset must be a 4-D tensor'),
-    ('output_size zero', dict(output_size=(0, 2)), ValueError, r'output_size must be a pair of positive ints, got \(0, 2\)'),
+    ('output_size zero', dict(output_size=(0, 2)), ValueError,
+     r'output_size must be a pair of positive ints, got \(0, 2\)'),
     ('output_size huge', dict(output_size=(7, 10 ** 6)), ValueError, r'output_size must be at most 65536 per side'),
-    ('negative sampling_ratio', dict(sampling_ratio=-1), ValueError, r'sampling_ratio must be an int in \[0, 1024\].*got -1'),
+    ('negative sampling_ratio', dict(sampling_ratio=-1), ValueError,
+     r'sampling_ratio must be an int in \[0, 1024\].*got -1'),
     ('huge sampling_ratio', dict(sampling_ratio=10 ** 6), ValueError, r'sampling_ratio must be an int in \[0, 1024\]'),
-    ('zero spatial_scale', dict(spatial_scale=0.0), ValueError, r'spatial_scale must be a positive finite number.*got 0'),
+    ('zero spatial_scale', dict(spatial_scale=0.0), ValueError,
+     r'spatial_scale must be a positive finite number.*got 0'),
     ('NaN spatial_scale', dict(spatial_scale=float('nan')), ValueError, r'spatial_scale must be a positive finite'),
     ('infinite gamma', dict(gamma=float('inf')), ValueError, r'gamma must be a finite number, got inf'),
     ('input rank', dict(input=torch.zeros(3, 9, 11, dtype=torch.float64)), ValueError,
@@ -404,7 +409,8 @@ def test_validation_also_runs_when_compiled():
 
 def test_backward_op_rejects_wrong_grad_output():
     x, rois, off = make_case()
-    with pytest.raises(ValueError, match=r"grad_output must have the output's shape \(6, 3, 3, 2\), got \(6, 3, 2, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"grad_output must have the output's shape \(6, 3, 3, 2\), got \(6, 3, 2, 3\)"):
         BWD(torch.zeros(6, 3, 2, 3, dtype=torch.float64), x, rois, off, [3, 2], 0.5, 0, 0.1, [True, True])
     with pytest.raises(TypeError, match=r'grad_output dtype must match input dtype'):
         BWD(torch.zeros(6, 3, 3, 2), x, rois, off, [3, 2], 0.5, 0, 0.1, [True, True])
@@ -439,14 +445,16 @@ def test_cpu_backward_is_bit_reproducible_and_independent_of_the_thread_count():
 # ----------------------------------------------------------------------------- modules
 def test_module_state_dicts_and_arguments_are_mmcv_s():
     mmcv_ops = pytest.importorskip('mmcv.ops')
-    for ours, theirs in ((DeformRoIPoolPack(7, 16, 32, 0.25, 2, 0.2), mmcv_ops.DeformRoIPoolPack(7, 16, 32, 0.25, 2, 0.2)),
+    for ours, theirs in ((DeformRoIPoolPack(7, 16, 32, 0.25, 2, 0.2),
+                          mmcv_ops.DeformRoIPoolPack(7, 16, 32, 0.25, 2, 0.2)),
                          (ModulatedDeformRoIPoolPack(7, 16, 32, 0.25, 2, 0.2),
                           mmcv_ops.ModulatedDeformRoIPoolPack(7, 16, 32, 0.25, 2, 0.2)),
                          (DeformRoIPool((3, 4), 0.5, 1, 0.3), mmcv_ops.DeformRoIPool((3, 4), 0.5, 1, 0.3))):
         sd = theirs.state_dict()
         assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in sd.items()}
         ours.load_state_dict(sd, strict=True)
-        for name in ('output_size', 'spatial_scale', 'sampling_ratio', 'gamma', 'output_channels', 'deform_fc_channels'):
+        for name in ('output_size', 'spatial_scale', 'sampling_ratio', 'gamma', 'output_channels',
+                     'deform_fc_channels'):
             if hasattr(theirs, name):
                 assert getattr(ours, name) == getattr(theirs, name), name
         # mmcv zero-initialises the last layers: so do we

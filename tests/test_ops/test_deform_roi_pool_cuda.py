@@ -6,9 +6,8 @@ Every test needs a CUDA GPU and dcn_plugin built with its CUDA kernels (``FORCE_
 the module is skipped.
 """
 import pytest
-import torch
-
 import roi_pool_cases
+import torch
 
 pytestmark = [
     pytest.mark.cuda,

@@ -2,6 +2,7 @@
 mmcv checkpoints loading unchanged, and the 'MDConv' / 'DConv' registrations."""
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,7 @@ def test_registered_as_mdconv_and_dconv_without_shadowing_mmcv():
     import mmcv.ops  # noqa: F401  (registers mmcv's own DCN / DCNv2)
     from mmcv.cnn import build_conv_layer
     from mmengine.registry import MODELS
+
     import dcn_plugin  # noqa: F401
 
     assert MODELS.get('MDConv') is ModulatedDeformConv2dPack
@@ -105,3 +107,16 @@ def test_registered_as_mdconv_and_dconv_without_shadowing_mmcv():
     assert MODELS.get('DCN') is mmcv.ops.DeformConv2dPack
     layer = build_conv_layer(dict(type='MDConv', deform_groups=2), 8, 4, kernel_size=3, padding=1, bias=False)
     assert isinstance(layer, ModulatedDeformConv2dPack) and layer.deform_groups == 2 and layer.bias is None
+
+
+def test_modules_check_their_int_or_pair_arguments_with_the_ops_helper():
+    """One conversion for the package (dcn_plugin.ops.pair.to_pair): a TypeError naming the argument."""
+    from dcn_plugin.ops import DeformRoIPool
+    with pytest.raises(TypeError, match='kernel_size must be an int or a pair of ints'):
+        ModulatedDeformConv2dPack(4, 4, (3, 3, 3))
+    with pytest.raises(TypeError, match='dilation must be an int or a pair of ints'):
+        DeformConv2dPack(4, 4, 3, dilation=1.5)
+    with pytest.raises(TypeError, match='output_size must be an int or a pair of ints'):
+        DeformRoIPool('7')
+    layer = ModulatedDeformConv2dPack(4, 4, [3, 1], stride=np.int64(2), padding=(1, 0))
+    assert (layer.kernel_size, layer.stride, layer.padding, layer.dilation) == ((3, 1), (2, 2), (1, 0), (1, 1))

@@ -5,10 +5,9 @@ import re
 
 import pytest
 import torch
+from op_cases import Case
 
 from dcn_plugin.ops import modulated_deform_conv2d
-
-from op_cases import Case
 
 BASE = Case(n=2, c=4, o=6, h=7, w=6, groups=2, deform_groups=2)  # weight (6, 2, 3, 3), Ho=7, Wo=6
 

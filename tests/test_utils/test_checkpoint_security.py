@@ -254,10 +254,10 @@ def test_pretrained_torchvision_resnet50_of_the_coco_configs(torch_home, tmp_pat
     """``init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')`` as configs/dcn/ use it:
     the payload is refused; a torchvision-format state dict loads into the DCN backbone."""
     import torchvision
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.runner.checkpoint import get_torchvision_models
-    from mmdet.registry import MODELS
 
     from dcn_plugin.utils import UnsafeCheckpointError
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'dcn', 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'))
@@ -458,9 +458,9 @@ def test_a_user_script_that_imports_dcn_plugin_is_protected(evil_env, setup):
 @pytest.mark.slow
 def test_tools_test_evaluates_a_genuine_checkpoint_from_a_url(evil_env, tmp_path):
     """The same URL path loads an mmdet-format checkpoint of the model (meta, message hub, numpy)."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
     init_default_scope('mmdet')
     model = MODELS.build(Config.fromfile(evil_env['cfg']).model)
     url = 'https://example.invalid/models/genuine_detector-89abcdef.pth'

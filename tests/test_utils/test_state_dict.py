@@ -3,8 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from dcn_plugin.utils.state_dict import (CheckpointMismatchError, check_checkpoint_matches, compare_state_dict,
-                                         register_training_only_keys)
+from dcn_plugin.utils.state_dict import (
+    CheckpointMismatchError,
+    check_checkpoint_matches,
+    compare_state_dict,
+    register_training_only_keys,
+)
 
 
 class _Head(nn.Module):

@@ -11,14 +11,14 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.models.backbones.resnext import Bottleneck as ResNeXtBottleneck
 from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.model import Sequential
 from torch import nn
 
 from ..layers.dcn import layer_cfg, resolve_dcn_cfg
 from ..layers.norm import check_norm_cfg
 
-ConfigDict = Dict[str, Any]
-_DEFAULT_DCN: ConfigDict = dict(type='MDConv', deform_groups=1, fallback_on_stride=False)
+_DEFAULT_DCN: ConfigType = dict(type='MDConv', deform_groups=1, fallback_on_stride=False)
 
 
 # Where mmdet's ResNet raises KeyError or AssertionError for a bad argument, ours raise an exception
@@ -67,7 +67,7 @@ def _layer_cfg_error(error: Exception, cfg: Any) -> Exception:
     return error
 
 
-def _check_norm(cfg: Optional[ConfigDict], arg: str, allow_none: bool = False) -> None:
+def _check_norm(cfg: OptConfigType, arg: str, allow_none: bool = False) -> None:
     try:
         check_norm_cfg(cfg, arg, allow_none=allow_none)
     except (TypeError, ValueError) as e:
@@ -77,7 +77,7 @@ def _check_norm(cfg: Optional[ConfigDict], arg: str, allow_none: bool = False) -
         raise compatible from None
 
 
-def _resolve_dcn(dcn: Optional[ConfigDict]) -> Optional[ConfigDict]:
+def _resolve_dcn(dcn: OptConfigType) -> OptConfigType:
     try:
         return resolve_dcn_cfg(dcn, 'dcn')
     except TypeError as e:  # dcn is not a dict: mmdet asserts isinstance(dcn, dict)
@@ -89,7 +89,7 @@ def _resolve_dcn(dcn: Optional[ConfigDict]) -> Optional[ConfigDict]:
         raise compatible from None
 
 
-def _check_block_dcn(dcn: Optional[ConfigDict], conv_cfg: Optional[ConfigDict]) -> Optional[ConfigDict]:
+def _check_block_dcn(dcn: OptConfigType, conv_cfg: OptConfigType) -> OptConfigType:
     dcn = _resolve_dcn(dcn)
     if dcn is not None and conv_cfg is not None:
         raise BackboneArgumentError(f'conv_cfg must be None in a deformable block (the deformable convs are '
@@ -107,9 +107,9 @@ class DCNBasicBlock(BasicBlock):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: Optional[nn.Module] = None, style: str = 'pytorch', with_cp: bool = False,
-                 conv_cfg: Optional[ConfigDict] = None, norm_cfg: ConfigDict = dict(type='BN'),
-                 dcn: Optional[ConfigDict] = None, plugins: Optional[list] = None,
-                 init_cfg: Optional[ConfigDict] = None) -> None:
+                 conv_cfg: OptConfigType = None, norm_cfg: ConfigType = dict(type='BN'),
+                 dcn: OptConfigType = None, plugins: Optional[list] = None,
+                 init_cfg: OptMultiConfig = None) -> None:
         super().__init__(inplanes, planes, stride=stride, dilation=dilation, downsample=downsample,
                          style=style, with_cp=with_cp, conv_cfg=conv_cfg, norm_cfg=norm_cfg, dcn=None,
                          plugins=plugins, init_cfg=init_cfg)
@@ -134,9 +134,9 @@ class DCNBottleneck(Bottleneck):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: Optional[nn.Module] = None, style: str = 'pytorch', with_cp: bool = False,
-                 conv_cfg: Optional[ConfigDict] = None, norm_cfg: ConfigDict = dict(type='BN'),
-                 dcn: Optional[ConfigDict] = None, plugins: Optional[list] = None,
-                 init_cfg: Optional[ConfigDict] = None) -> None:
+                 conv_cfg: OptConfigType = None, norm_cfg: ConfigType = dict(type='BN'),
+                 dcn: OptConfigType = None, plugins: Optional[list] = None,
+                 init_cfg: OptMultiConfig = None) -> None:
         dcn = _check_block_dcn(dcn, conv_cfg)
         conv2_cfg = layer_cfg(dcn, stride if style == 'pytorch' else 1) if dcn is not None else None
         super().__init__(inplanes, planes, stride=stride, dilation=dilation, downsample=downsample,
@@ -268,18 +268,18 @@ class DCNResNet(ResNet):
                  deep_stem: bool = False,
                  avg_down: bool = False,
                  frozen_stages: int = -1,
-                 conv_cfg: Optional[ConfigDict] = None,
-                 norm_cfg: ConfigDict = dict(type='BN', requires_grad=True),
+                 conv_cfg: OptConfigType = None,
+                 norm_cfg: ConfigType = dict(type='BN', requires_grad=True),
                  norm_eval: bool = True,
-                 dcn: Optional[ConfigDict] = _DEFAULT_DCN,
+                 dcn: OptConfigType = _DEFAULT_DCN,
                  stage_with_dcn: Sequence[bool] = (False, True, True, True),
                  dcn_last_blocks: Union[None, int, Sequence[Optional[int]]] = None,
-                 dcn_norm_cfg: Optional[ConfigDict] = None,
-                 plugins: Optional[List[ConfigDict]] = None,
+                 dcn_norm_cfg: OptConfigType = None,
+                 plugins: Optional[List[ConfigType]] = None,
                  with_cp: bool = False,
                  zero_init_residual: bool = True,
                  pretrained: Optional[str] = None,
-                 init_cfg: Union[None, ConfigDict, List[ConfigDict]] = None) -> None:
+                 init_cfg: OptMultiConfig = None) -> None:
         if depth not in self.arch_settings:
             raise UnknownDepthError(f'depth must be one of {sorted(self.arch_settings)} for '
                                     f'{type(self).__name__}, got {depth!r}')
@@ -367,7 +367,9 @@ class DCNResNet(ResNet):
             # mmdet only does this for its own block classes (an identity check)
             last_norm = 'norm2' if issubclass(block, BasicBlock) else 'norm3'
             init_cfg = dict(type='Constant', val=0, override=dict(name=last_norm))
-        stage = (planes // self.base_channels).bit_length() - 1  # planes = base_channels * 2**stage
+        # mmdet's ResNet builds the stages in order and appends each one's name to res_layers after
+        # building it: the stage being built is the number of those names
+        stage = len(self.res_layers)
         deformable = self.deformable_blocks(stage, num_blocks)
         norms = [self.dcn_norm_cfg if d else norm_cfg for d in deformable]
         out_planes = planes * block.expansion

@@ -1,8 +1,7 @@
-"""Validation of ``dcn`` configs and construction of deformable conv layers from them."""
+"""Validation of ``dcn`` configs and the ``build_conv_layer`` configs of the deformable convs they describe."""
 from numbers import Integral
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
-from mmcv.cnn import build_conv_layer
 from torch import nn
 
 from ...ops import DeformConv2dPack, ModulatedDeformConv2dPack
@@ -82,13 +81,3 @@ def layer_cfg(dcn: Dict[str, Any], stride: Union[int, Tuple[int, int]] = 1) -> O
     cfg = {k: v for k, v in dcn.items() if k not in ('type', 'fallback_on_stride')}
     cfg['type'] = DCN_TYPES[dcn['type']]
     return cfg
-
-
-def build_dcn_layer(dcn: Dict[str, Any], in_channels: int, out_channels: int, kernel_size: int,
-                    stride: int = 1, padding: int = 0, dilation: int = 1, groups: int = 1,
-                    bias: bool = False, conv_cfg: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """Build a deformable conv from a resolved ``dcn`` config (a ``conv_cfg`` conv where it falls back)."""
-    cfg = layer_cfg(dcn, stride)
-    return build_conv_layer(cfg if cfg is not None else conv_cfg, in_channels, out_channels,
-                            kernel_size, stride=stride, padding=padding, dilation=dilation,
-                            groups=groups, bias=bias)

@@ -1,16 +1,14 @@
 """FPN with deformable convolutions (DCNv2 by default) in its 3x3 output convs."""
-from typing import Any, Dict, List, Optional, Union
+from typing import List, Union
 
 from mmcv.cnn import ConvModule, build_conv_layer
 from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
-from torch import nn
+from mmdet.utils import ConfigType, MultiConfig, OptConfigType
 
 from ..layers.dcn import DCN_LAYERS, layer_cfg, resolve_dcn_cfg
 from ..layers.init import init_then_reset_then_pretrained
 from ..layers.norm import check_norm_cfg
-
-ConfigDict = Dict[str, Any]
 
 
 @MODELS.register_module()
@@ -63,15 +61,15 @@ class DCNFPN(FPN):
                  add_extra_convs: Union[bool, str] = False,
                  relu_before_extra_convs: bool = False,
                  no_norm_on_lateral: bool = False,
-                 conv_cfg: Optional[ConfigDict] = None,
-                 norm_cfg: Optional[ConfigDict] = None,
-                 act_cfg: Optional[ConfigDict] = None,
-                 upsample_cfg: ConfigDict = dict(mode='nearest'),
-                 dcn: Optional[ConfigDict] = dict(type='MDConv', deform_groups=1),
+                 conv_cfg: OptConfigType = None,
+                 norm_cfg: OptConfigType = None,
+                 act_cfg: OptConfigType = None,
+                 upsample_cfg: ConfigType = dict(mode='nearest'),
+                 dcn: OptConfigType = dict(type='MDConv', deform_groups=1),
                  dcn_on_output: bool = True,
                  dcn_on_lateral: bool = False,
                  dcn_on_extra: bool = False,
-                 init_cfg: Union[ConfigDict, List[ConfigDict]] = dict(
+                 init_cfg: MultiConfig = dict(
                      type='Xavier', layer=['Conv2d', 'ModulatedDeformConv2dPack', 'DeformConv2dPack'],
                      distribution='uniform')) -> None:
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
@@ -123,5 +121,4 @@ class DCNFPN(FPN):
     def _zero_offsets(self) -> None:
         for m in self.modules():
             if isinstance(m, DCN_LAYERS):
-                nn.init.zeros_(m.conv_offset.weight)
-                nn.init.zeros_(m.conv_offset.bias)
+                m.init_offset()

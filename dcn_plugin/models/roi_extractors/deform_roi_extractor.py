@@ -1,17 +1,15 @@
 """An mmdet RoI extractor that builds this plugin's deformable RoI pooling layers by name."""
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from mmcv import ops as mmcv_ops
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptMultiConfig
 from torch import Tensor, nn
 
+from ...ops.roi_pool_modules import DeformRoIPool, DeformRoIPoolPack, LearnedOffsetRoIPool, ModulatedDeformRoIPoolPack
 from ..layers.init import init_then_reset_then_pretrained
-from ...ops.roi_pool_modules import (DeformRoIPool, DeformRoIPoolPack, LearnedOffsetRoIPool,
-                                     ModulatedDeformRoIPoolPack)
-
-ConfigDict = Dict[str, Any]
 
 # The RoI layers a config reaches by name; any other name is looked up in mmcv.ops (RoIAlign, ...) as
 # mmdet's extractors do.
@@ -53,19 +51,19 @@ class DeformRoIExtractor(SingleRoIExtractor):
     """
 
     def __init__(self,
-                 roi_layer: ConfigDict,
+                 roi_layer: ConfigType,
                  out_channels: int,
                  featmap_strides: List[int],
                  finest_scale: int = 56,
                  share_offset_branch: bool = False,
-                 init_cfg: Optional[ConfigDict] = None) -> None:
+                 init_cfg: OptMultiConfig = None) -> None:
         if not isinstance(share_offset_branch, bool):
             raise TypeError(f'share_offset_branch must be a bool, got {share_offset_branch!r}')
         self.share_offset_branch = share_offset_branch  # read by build_roi_layers (called by the base)
         super().__init__(roi_layer=roi_layer, out_channels=out_channels, featmap_strides=featmap_strides,
                          finest_scale=finest_scale, init_cfg=init_cfg)
 
-    def build_roi_layers(self, layer_cfg: ConfigDict, featmap_strides: List[int]) -> nn.ModuleList:
+    def build_roi_layers(self, layer_cfg: ConfigType, featmap_strides: List[int]) -> nn.ModuleList:
         cfg = dict(layer_cfg)
         layer_type = cfg.pop('type', None)
         if isinstance(layer_type, str):
@@ -105,7 +103,10 @@ class DeformRoIExtractor(SingleRoIExtractor):
             return super().forward(feats, rois, roi_scale_factor)
         rois = rois.type_as(feats[0])
         num_levels = len(feats)
-        levels = self.map_roi_levels(rois, num_levels) if num_levels > 1 else rois.new_zeros(len(rois), dtype=torch.long)
+        if num_levels > 1:
+            levels = self.map_roi_levels(rois, num_levels)
+        else:
+            levels = rois.new_zeros(len(rois), dtype=torch.long)
         if roi_scale_factor is not None:
             rois = self.roi_rescale(rois, roi_scale_factor)
         per_level = [(i, (levels == i).nonzero(as_tuple=False).squeeze(1)) for i in range(num_levels)]

@@ -1,9 +1,8 @@
 """Faster R-CNN that lets a :class:`MimicRoIHead` see its input images during training."""
-from torch import Tensor
-
 from mmdet.models.detectors import FasterRCNN
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from torch import Tensor
 
 from .mimic_roi_head import MimicRoIHead
 

@@ -23,14 +23,14 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.models.task_modules.samplers import SamplingResult
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import get_box_tensor
+from torch import Tensor, nn
 
+from ...ops.pair import IntPair, to_pair
 from ...utils.state_dict import register_training_only_keys
 
 __all__ = ['MimicRoIHead', 'mimic_cosine_loss', 'crop_image_rois']
@@ -42,18 +42,12 @@ _REDUCTIONS = ('mean', 'sum')
 register_training_only_keys(r'(^|\.)mimic_cls\.')
 
 
-def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+def _size(value: IntPair, name: str) -> Tuple[int, int]:
     """``(h, w)`` from an int or a pair of ints, each at least 1."""
-    if isinstance(value, bool):
-        raise TypeError(f'{name} must be an int or a (height, width) pair of ints, got {value!r}')
-    if isinstance(value, int):
-        value = (value, value)
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f'{name} must be an int or a (height, width) pair of ints, got {value!r}')
-    if min(value) < 1:
-        raise ValueError(f'{name} must be at least 1, got {tuple(value)}')
-    return int(value[0]), int(value[1])
+    h, w = to_pair(value, name)
+    if min(h, w) < 1:
+        raise ValueError(f'{name} must be at least 1, got {(h, w)}')
+    return h, w
 
 
 def mimic_cosine_loss(f_rcnn: Tensor, f_frcnn: Tensor, reduction: str = 'mean') -> Tensor:
@@ -81,7 +75,7 @@ def mimic_cosine_loss(f_rcnn: Tensor, f_frcnn: Tensor, reduction: str = 'mean') 
     return loss.mean() if reduction == 'mean' else loss.sum()
 
 
-def crop_image_rois(images: Tensor, rois: Tensor, size: Union[int, Sequence[int]],
+def crop_image_rois(images: Tensor, rois: Tensor, size: IntPair,
                     sampling_ratio: int = 0) -> Tensor:
     """Crop RoIs from images and resize them bilinearly to one size (RoIAlign on the image tensor).
 
@@ -100,7 +94,7 @@ def crop_image_rois(images: Tensor, rois: Tensor, size: Union[int, Sequence[int]
         ``(K, C, h, w)`` crops, in the dtype of ``images``.
     """
     from torchvision.ops import roi_align
-    h, w = _pair(size, 'size')
+    h, w = _size(size, 'size')
     if images.dim() != 4:
         raise ValueError(f'images must be (N, C, H, W), got shape {tuple(images.shape)}')
     if rois.dim() != 2 or rois.shape[1] != 5:
@@ -161,7 +155,7 @@ class MimicRoIHead(StandardRoIHead):
     def __init__(self,
                  *args,
                  mimic_num_rois: int = 32,
-                 mimic_crop_size: Union[int, Sequence[int]] = 224,
+                 mimic_crop_size: IntPair = 224,
                  mimic_positives_only: bool = True,
                  mimic_detach_rcnn: bool = True,
                  mimic_reduction: str = 'mean',
@@ -172,7 +166,7 @@ class MimicRoIHead(StandardRoIHead):
                  **kwargs) -> None:
         if not isinstance(mimic_num_rois, int) or isinstance(mimic_num_rois, bool) or mimic_num_rois < 1:
             raise ValueError(f'mimic_num_rois must be an int >= 1 (RoIs per image), got {mimic_num_rois!r}')
-        crop_size = _pair(mimic_crop_size, 'mimic_crop_size')
+        crop_size = _size(mimic_crop_size, 'mimic_crop_size')
         for name, flag in (('mimic_positives_only', mimic_positives_only), ('mimic_detach_rcnn', mimic_detach_rcnn)):
             if not isinstance(flag, bool):
                 raise TypeError(f'{name} must be True or False, got {flag!r}')

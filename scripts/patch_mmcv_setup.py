@@ -7,7 +7,7 @@ Two changes, both mechanical:
 * every ``-std=c++14`` / ``-std=c++17`` (and MSVC ``/std:``) becomes C++20, which torch >= 2.10's
   headers require.
 
-Usage: python tools/patch_mmcv_setup.py PATH/TO/mmcv-2.1.0/setup.py
+Usage: python scripts/patch_mmcv_setup.py PATH/TO/mmcv-2.1.0/setup.py
 """
 import re
 import sys

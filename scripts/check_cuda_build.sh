@@ -2,14 +2,14 @@
 # Compile dcn_plugin's CUDA kernels without a GPU (FORCE_CUDA=1) into a scratch folder, for the
 # architectures in TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), and check the library loads and reports
 # CUDA kernels. Fails on any compile error. Leaves the checkout's own build untouched.
-# Needs the project venv (tools/setup_env.sh; PYTHON=... to use another interpreter with torch) and a
-# CUDA toolkit matching torch's CUDA (found by tools/cuda_env.sh).
+# Needs the project venv (scripts/setup_env.sh; PYTHON=... to use another interpreter with torch) and a
+# CUDA toolkit matching torch's CUDA (found by scripts/cuda_env.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VPY="${PYTHON:-$ROOT/.venv/bin/python}"
-# shellcheck source=tools/cuda_env.sh
-source "$ROOT/tools/cuda_env.sh"
-[ -x "$VPY" ] || { echo "check_cuda_build: no venv; run tools/setup_env.sh first" >&2; exit 1; }
+# shellcheck source=scripts/cuda_env.sh
+source "$ROOT/scripts/cuda_env.sh"
+[ -x "$VPY" ] || { echo "check_cuda_build: no venv; run scripts/setup_env.sh first" >&2; exit 1; }
 use_cuda_toolkit "$VPY" || { echo "check_cuda_build: no CUDA toolkit found (nvcc on PATH or CUDA_HOME)" >&2; exit 1; }
 export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 OUT="$(mktemp -d)"; trap 'rm -rf "$OUT"' EXIT

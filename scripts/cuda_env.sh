@@ -1,5 +1,5 @@
 # The one place that finds the CUDA toolkit for a build of the CUDA kernels (ours and mmcv's).
-# Sourced by tools/setup_env.sh, tools/check_cuda_build.sh and tools/gpu_check.sh.
+# Sourced by scripts/setup_env.sh, scripts/check_cuda_build.sh and scripts/gpu_check.sh.
 
 # find_cuda_home: print the toolkit folder, or nothing when there is none. CUDA_HOME when it holds
 # nvcc; else the nvcc on PATH, resolved: torch guesses CUDA_HOME from that nvcc's folder, and a

@@ -1,0 +1,186 @@
+"""Collect the results of several training runs into a table: mean and spread of each arm.
+
+A *run* is a work dir where ``tools/train.py`` trained a model and ``tools/test.py`` saved
+``test_metrics.json``. Runs are grouped into *arms* by the config they were tested with (its file name
+without ``.py``), so several seeds of one config form one arm. For each run this reads
+
+- the test metrics (``test_metrics.json``: mmdet's ``coco/bbox_mAP``, ``coco/bbox_mAP_50``, ...),
+- the seed and the number of training iterations (``randomness.seed``, ``train_cfg.max_iters``) of the
+  config the run dumped when it trained,
+- the seconds per training iteration: the median of the ``time`` values mmengine logged during training
+  (each one the mean over a logging window), without each session's first window, which includes
+  start-up.
+
+:func:`summarize_runs` gives per arm the number of runs, the mean, the sample standard deviation (n - 1)
+and the range of each metric; :func:`format_markdown` prints it, :func:`format_brief` prints one line per
+run. ``tools/collect_metrics.py`` is the command line.
+"""
+import glob
+import json
+import math
+import os.path as osp
+import statistics
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ['Run', 'ArmSummary', 'load_run', 'summarize_runs', 'format_markdown', 'format_brief', 'DEFAULT_METRICS']
+
+DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75')
+#: how :func:`format_brief` names the COCO metrics (others: their key without the prefix)
+_BRIEF_NAMES = {'coco/bbox_mAP': 'bbox mAP', 'coco/bbox_mAP_50': 'mAP@0.5', 'coco/bbox_mAP_75': 'mAP@0.75'}
+
+
+@dataclass
+class Run:
+    """One trained and tested model."""
+    arm: str
+    work_dir: str
+    metrics: Dict[str, float]
+    seed: Optional[int] = None
+    iters: Optional[int] = None
+    sec_per_iter: Optional[float] = None
+
+
+@dataclass
+class ArmSummary:
+    """Statistics of the runs of one arm; ``std`` is ``None`` for a single run."""
+    arm: str
+    runs: List[Run]
+    mean: Dict[str, float] = field(default_factory=dict)
+    std: Dict[str, Optional[float]] = field(default_factory=dict)
+    low: Dict[str, float] = field(default_factory=dict)
+    high: Dict[str, float] = field(default_factory=dict)
+
+
+def _training_logs(work_dir: str) -> List[str]:
+    """The ``scalars.json`` of every training session in ``work_dir`` (those with logged losses), oldest
+    first; a resumed run has several."""
+    found = []
+    for path in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            if any('loss' in json.loads(line) for line in f if line.strip()):
+                found.append(path)
+    return found
+
+
+def _seconds_per_iter(logs: Sequence[str]) -> Optional[float]:
+    """Median of the logged training ``time`` values, without each session's first window (start-up)."""
+    times = []
+    for path in logs:
+        with open(path) as f:
+            rows = [r for r in (json.loads(line) for line in f if line.strip()) if 'time' in r and 'loss' in r]
+        times += [float(r['time']) for r in (rows[1:] or rows)]
+    return statistics.median(times) if times else None
+
+
+def _schedule(dumped_config: str) -> tuple:
+    """(seed, training iterations) of a config dumped by a training session."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(dumped_config, import_custom_modules=False)
+    seed = (cfg.get('randomness', None) or {}).get('seed', None)
+    iters = (cfg.get('train_cfg', None) or {}).get('max_iters', None)
+    return (None if seed is None else int(seed)), (None if iters is None else int(iters))
+
+
+def load_run(path: str, arm: Optional[str] = None) -> Run:
+    """Read one run.
+
+    Args:
+        path: the run's work dir, or its ``test_metrics.json``.
+        arm: the arm's name; default: the test config's file name without ``.py``.
+
+    Returns:
+        The run; ``seed``, ``iters`` and ``sec_per_iter`` are ``None`` when the work dir holds no
+        training log (a checkpoint tested elsewhere).
+    """
+    metrics_file = path if path.endswith('.json') else osp.join(path, 'test_metrics.json')
+    if not osp.isfile(metrics_file):
+        raise FileNotFoundError(f'no test metrics at {metrics_file}: run tools/test.py CONFIG CHECKPOINT '
+                                f'--work-dir {osp.dirname(metrics_file) or "."} first')
+    with open(metrics_file) as f:
+        record = json.load(f)
+    if not isinstance(record, dict) or not isinstance(record.get('metrics'), dict):
+        raise ValueError(f'{metrics_file} is not a test_metrics.json written by tools/test.py')
+    work_dir = osp.dirname(osp.abspath(metrics_file))
+    if arm is None:
+        config = record.get('config') or work_dir
+        arm = osp.splitext(osp.basename(config.rstrip('/')))[0]
+    metrics = {k: float(v) for k, v in record['metrics'].items() if isinstance(v, (int, float))}
+    run = Run(arm=arm, work_dir=work_dir, metrics=metrics)
+    logs = _training_logs(work_dir)
+    if logs:
+        run.sec_per_iter = _seconds_per_iter(logs)
+        dumped = osp.join(osp.dirname(logs[-1]), 'config.py')
+        if osp.isfile(dumped):
+            run.seed, run.iters = _schedule(dumped)
+    return run
+
+
+def summarize_runs(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRICS) -> List[ArmSummary]:
+    """Mean, sample standard deviation and range of ``metrics`` (and of ``sec_per_iter``) per arm.
+
+    Arms keep the order in which they first appear in ``runs``. A metric missing from a run raises
+    ``KeyError`` naming the run.
+    """
+    arms: Dict[str, List[Run]] = {}
+    for run in runs:
+        arms.setdefault(run.arm, []).append(run)
+    summaries = []
+    for arm, members in arms.items():
+        s = ArmSummary(arm=arm, runs=members)
+        for key in list(metrics) + ['sec_per_iter']:
+            if key == 'sec_per_iter':
+                values = [r.sec_per_iter for r in members if r.sec_per_iter is not None]
+                if not values:
+                    continue
+            else:
+                missing = [r.work_dir for r in members if key not in r.metrics]
+                if missing:
+                    raise KeyError(f'metric {key!r} is not in the test metrics of {missing}')
+                values = [r.metrics[key] for r in members]
+            s.mean[key] = statistics.fmean(values)
+            s.std[key] = statistics.stdev(values) if len(values) > 1 else None
+            s.low[key], s.high[key] = min(values), max(values)
+        summaries.append(s)
+    return summaries
+
+
+def _cell(s: ArmSummary, key: str, digits: int) -> str:
+    if key not in s.mean:
+        return '—'
+    text = f'{s.mean[key]:.{digits}f}'
+    if s.std[key] is not None:
+        text += f' ± {s.std[key]:.{digits}f} ({s.low[key]:.{digits}f}–{s.high[key]:.{digits}f})'
+    return text
+
+
+def format_markdown(summaries: Sequence[ArmSummary], metrics: Sequence[str] = DEFAULT_METRICS) -> str:
+    """Two Markdown tables: per arm (mean ± sample std (min–max)), then every run."""
+    short = [m.split('/')[-1] for m in metrics]
+    lines = ['| Arm | runs | seeds | iterations | ' + ' | '.join(short) + ' | s/iter (training) |',
+             '|---|---:|---|---:|' + '---:|' * (len(metrics) + 1)]
+    for s in summaries:
+        seeds = ', '.join('?' if r.seed is None else str(r.seed) for r in s.runs)
+        iters = sorted({r.iters for r in s.runs if r.iters is not None})
+        cells = [_cell(s, m, 3) for m in metrics] + [_cell(s, 'sec_per_iter', 2)]
+        lines.append(f'| {s.arm} | {len(s.runs)} | {seeds} | {"/".join(map(str, iters)) or "?"} | '
+                     + ' | '.join(cells) + ' |')
+    lines += ['', '| Arm | seed | work dir | iterations | ' + ' | '.join(short) + ' | s/iter (training) |',
+              '|---|---:|---|---:|' + '---:|' * (len(metrics) + 1)]
+    for s in summaries:
+        for r in s.runs:
+            values = [f'{r.metrics[m]:.3f}' if not math.isnan(r.metrics[m]) else 'nan' for m in metrics]
+            speed = '—' if r.sec_per_iter is None else f'{r.sec_per_iter:.2f}'
+            lines.append(f'| {s.arm} | {"?" if r.seed is None else r.seed} | {r.work_dir} | '
+                         f'{"?" if r.iters is None else r.iters} | ' + ' | '.join(values) + f' | {speed} |')
+    return '\n'.join(lines) + '\n'
+
+
+def format_brief(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRICS) -> str:
+    """One line per run: ``<arm>: bbox mAP 0.316  mAP@0.5 0.528  mAP@0.75 0.363`` (``nan`` for a metric the
+    run lacks)."""
+    lines = []
+    for run in runs:
+        values = [f'{_BRIEF_NAMES.get(m, m.split("/")[-1])} {run.metrics.get(m, math.nan):.3f}' for m in metrics]
+        lines.append(f'{run.arm}: ' + '  '.join(values))
+    return '\n'.join(lines) + '\n'
