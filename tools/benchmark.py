@@ -165,7 +165,8 @@ def environment(device: torch.device) -> Dict[str, Any]:
                 if m in sys.modules})
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
-        env['gpu'] = f'{p.name} (sm {p.major}.{p.minor}), CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}'
+        env['gpu'] = (f'{p.name} (sm {p.major}.{p.minor}), CUDA {torch.version.cuda}, '
+                      f'cuDNN {torch.backends.cudnn.version()}')
     return env
 
 
@@ -426,7 +427,8 @@ class OpMode(Mode):
         randn, kk = partial(torch.randn, generator=torch.Generator().manual_seed(self.args.seed)), kk * k * k
         ts = [randn(n, c, case['height'], case['width']), 2 * randn(n, 2 * kk, ho, wo), randn(n, kk, ho, wo).sigmoid(),
               randn(c, c, k, k) / math.sqrt(c * k * k), randn(n, c, ho, wo)]
-        return [t.to(self.device, getattr(torch, self.args.dtype)).requires_grad_(i < 4) for i, t in enumerate(ts)] + [case]
+        dtype = getattr(torch, self.args.dtype)
+        return [t.to(self.device, dtype).requires_grad_(i < 4) for i, t in enumerate(ts)] + [case]
 
     def bind(self, impl: Tuple[Callable[..., torch.Tensor], Tuple[int, ...]], inputs: List[Any]) -> Runners:
         """fwd: the output under no_grad (inference); fwdbwd: the output and its ``autograd.grad`` w.r.t. the inputs."""
