@@ -205,3 +205,25 @@ BLOCKED = [Case(n=2, c=64, o=8, h=48, w=48, tag='2 position blocks per image'),
 def test_position_blocks_match_torchvision(case):
     assert case.h * case.w * case.c * 9 > 2 ** 20
     _compare(case, _torchvision)
+
+
+def test_float32_samples_rounding_onto_a_pixel_take_the_cell_torchvision_and_reference_take():
+    # y = row + dy is rounded to float32 once, as torchvision, mmcv and the reference compute it: with dy
+    # just below zero, rows from 8 up round onto the row itself (cell [row, row + 1]) while the rows
+    # below 4 do not (cell [row - 1, row]). The cell decides the offset gradient there: it must be theirs.
+    case = Case(n=1, c=3, o=2, h=24, w=24, k=(1, 1), padding=(0, 0), bias=False)
+    x, offset, mask, weight, _ = case.make(dtype=torch.float32)
+    tiny = -2.0 ** -22
+    offset = torch.full_like(offset, tiny)
+    offset[0, 1, :, ::2] = 0.0  # every other column moves along y only
+    assert float(torch.tensor(12.0) + torch.tensor(tiny)) == 12.0 and float(torch.tensor(2.0) + tiny) < 2.0
+    inputs = case.make(dtype=torch.float32)._replace(offset=offset, mask=mask).leaves()
+    out, grads = forward_backward(modulated_deform_conv2d, case, inputs)
+    for other in (_torchvision, modulated_deform_conv2d_reference):
+        ref_out, ref_grads = forward_backward(other, case, inputs.leaves())
+        for name, a, b in zip(NAMES, [out, *grads], [ref_out, *ref_grads]):
+            assert_close(a, b, name, 1e-5, 1e-5)
+    # the rounding is what decides: unrounded (float64), the rows from 8 up take the cell below instead
+    _, exact = forward_backward(modulated_deform_conv2d_reference, case, inputs.leaves(torch.float64))
+    moved = (grads.offset.double() - exact.offset).abs()[0, 0]
+    assert moved[8:].amax(1).min() > 1e-2 and moved[:4].max() < 1e-4

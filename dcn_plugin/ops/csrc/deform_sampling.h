@@ -6,8 +6,11 @@
 //     x = wo * stride_w - pad_w + j * dil_w + offset[2 * (g * K + k) + 1],    k = i * kw + j
 //   by bilinear interpolation of the four neighbouring pixels, each one outside the image counting
 //   as zero; a sample with y <= -1, y >= H, x <= -1 or x >= W (or NaN) is zero altogether.
-// The integer grid position and the learned offset are kept apart (exact tap indices at any size);
-// weights are computed in the accumulation type (float for half/bfloat16/float, double for double).
+// The coordinate is rounded to the accumulation type once, as y = float(grid position) + offset, as
+// torchvision and mmcv compute it, so the tap (floor) chosen for a sample that rounds onto a pixel row
+// is theirs and so is the offset gradient there; only where the grid position itself is not exact in
+// that type (beyond 2^24 rows/columns in float) are the integer and fractional parts kept apart.
+// Weights are computed in the accumulation type (float for half/bfloat16/float, double for double).
 // floor() is a real floor (a truncating cast is wrong in (-1, 0)).
 #pragma once
 
@@ -37,9 +40,31 @@ struct BilinearTaps {
 template <typename acc_t>
 DCN_HOST_DEVICE acc_t max_sampling_offset() { return acc_t(1099511627776.0); }  // 2^40
 
-// The taps of the sample at the integer grid position (by, bx) moved by (dy, dx).
-// The integer and fractional parts are kept apart, so the tap rows and columns are exact at any
-// image size (a float32 coordinate y = by + dy would lose the integer part above 2^24).
+// Largest grid position that acc_t holds exactly: 2^24 for float, 2^53 for double.
+template <typename acc_t>
+DCN_HOST_DEVICE int64_t exact_grid_limit() { return sizeof(acc_t) >= 8 ? (int64_t(1) << 53) : (int64_t(1) << 24); }
+
+// One axis of a sample: the grid position p moved by d, split into the floor row i0 and the fraction l.
+// Up to exact_grid_limit the coordinate is rounded once, float(p) + d, exactly as torchvision and mmcv
+// round it (a sample within half a unit in the last place below a pixel row takes that row, in the
+// output and in the offset gradient alike); beyond it p + floor(d) stays exact, so rows past 2^24 of a
+// float32 map are still the right ones.
+template <typename acc_t>
+DCN_HOST_DEVICE void split_coord(int64_t p, acc_t d, int64_t& i0, acc_t& l) {
+  const int64_t lim = exact_grid_limit<acc_t>();
+  if (p < lim && p > -lim) {
+    const acc_t v = static_cast<acc_t>(p) + d;
+    const acc_t f = ::floor(v);
+    i0 = static_cast<int64_t>(f);
+    l = v - f;  // exact, in [0, 1)
+  } else {
+    const acc_t f = ::floor(d);
+    i0 = p + static_cast<int64_t>(f);
+    l = d - f;
+  }
+}
+
+// The taps of the sample at the integer grid position (by, bx) moved by (dy, dx) (see split_coord).
 template <typename acc_t>
 DCN_HOST_DEVICE BilinearTaps<acc_t> bilinear_taps_at(int64_t by, int64_t bx, acc_t dy, acc_t dx, int64_t height,
                                                      int64_t width) {
@@ -52,9 +77,10 @@ DCN_HOST_DEVICE BilinearTaps<acc_t> bilinear_taps_at(int64_t by, int64_t bx, acc
   // Written so that NaN fails the test.
   const acc_t lim = max_sampling_offset<acc_t>();
   if (!(dy > -lim && dy < lim && dx > -lim && dx < lim)) return t;
-  const acc_t fy = ::floor(dy), fx = ::floor(dx);
-  const int64_t y0 = by + static_cast<int64_t>(fy), x0 = bx + static_cast<int64_t>(fx);
-  const acc_t ly = dy - fy, lx = dx - fx;  // exact, in [0, 1)
+  int64_t y0, x0;
+  acc_t ly, lx;
+  split_coord(by, dy, y0, ly);
+  split_coord(bx, dx, x0, lx);
   // y = y0 + ly lies in (-1, height) and x = x0 + lx in (-1, width)
   t.in_range = (y0 > -1 || (y0 == -1 && ly > acc_t(0))) && y0 < height &&
                (x0 > -1 || (x0 == -1 && lx > acc_t(0))) && x0 < width;
