@@ -621,7 +621,7 @@ def _roi_align(args: argparse.Namespace) -> Callable[..., torch.Tensor]:
 class RoIPoolMode(Mode):
     """Deformable RoI pooling (with learned offsets, and without: plain RoI pooling) against torchvision's
     ``roi_align(aligned=True)`` (the same sampling without offsets), 7x7 bins, forward and forward+backward
-    (gradients of the feature map, and of the offsets), on one FPN level of an image per case."""
+    (the gradient of the feature map, the one roi_align has too), on one FPN level of an image per case."""
     impls = {'ours': _roi_fn(True), 'ours-no-offset': _roi_fn(False), 'roi_align': _roi_align}
     ratios = [('ours', 'roi_align', 'time'), ('ours-no-offset', 'roi_align', 'time'), ('ours', 'roi_align', 'mem')]
     must_run, columns = ('ours',), [('map', 'map')]
