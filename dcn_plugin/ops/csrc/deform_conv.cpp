@@ -290,10 +290,12 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
   at::Tensor g_msk_rows = want_msk ? g_msk.permute({0, 2, 3, 1}) : at::Tensor();
   at::Tensor g_in_rows = want_in ? g_in_acc.permute({0, 2, 3, 1}) : at::Tensor();
   at::Tensor g_w_rows = !want_w ? at::Tensor() : g_w_acc.permute({0, 2, 3, 1}).view({p.groups, og, kc});
-  // grad_output as (N, P, O) rows: a view when it is channels_last, else transposed chunk by chunk
-  const at::Tensor go_rows = grad_output.permute({0, 2, 3, 1}).reshape({p.n, p.p(), p.o});
+  // grad_output as (N, P, O) rows: a view when it is channels_last, else transposed chunk by chunk from its
+  // (N, O, P) form (only the form that is used is made: a reshape that cannot be a view copies the batch)
   const bool go_is_rows = grad_output.permute({0, 2, 3, 1}).is_contiguous();
-  const at::Tensor go3 = grad_output.reshape({p.n, p.o, p.p()});
+  const at::Tensor go_rows =
+      go_is_rows ? grad_output.permute({0, 2, 3, 1}).reshape({p.n, p.p(), p.o}) : at::Tensor();
+  const at::Tensor go3 = go_is_rows ? at::Tensor() : grad_output.reshape({p.n, p.o, p.p()});
 
   // The columns are recomputed for the weight gradient. With a fused kernel (CPU) they come from the same
   // pass as the offset/mask gradients (the columns and their gradient are then alive together: the chunks
