@@ -9,16 +9,24 @@ tensors: the message hub holds :class:`~mmengine.logging.HistoryBuffer` objects 
 its statistics methods pickled as ``getattr(HistoryBuffer, 'mean')``), and the runtime info / hook
 messages hold numpy scalars. :func:`register_safe_checkpoint_globals` allow-lists exactly those:
 
-- numpy arrays and scalars: ``numpy.ndarray``, ``numpy.dtype`` and the concrete dtype classes,
-  ``numpy._core.multiarray._reconstruct`` / ``scalar`` (they build arrays from bytes; object
-  arrays only ever hold objects that the same restricted unpickler already produced);
+- numpy content, with no pickled state reaching numpy: the names numpy pickles use
+  (``numpy.dtype``, ``numpy.ndarray``, ``numpy.core.multiarray._reconstruct`` / ``scalar`` and their
+  ``numpy._core`` spellings) map to rebuilders in this module. A dtype is rebuilt from its descriptor
+  string (``'f8'``, ``'<i4'`` ...), plain numeric kinds only (bool, int, uint, float, complex: no
+  object, structured, void, string or datetime dtypes), and the only state it accepts is a byte order;
+  an array from a shape of at most 32 non-negative dimensions, such a dtype and raw bytes whose length
+  is exactly ``itemsize * size`` (checked before anything is allocated); a scalar from such a dtype and
+  exactly ``itemsize`` bytes. numpy's own ``dtype.__setstate__`` / ``ndarray.__setstate__``, which
+  restore flags, field offsets and object pointers as the pickle states them, are never called, and the
+  numpy classes themselves are not allow-listed (an entry another package adds for them is removed);
 - ``HistoryBuffer`` (a data object: its state is a dict of arrays);
 - ``builtins.getattr``, mapped to :func:`_restricted_getattr`, which only returns
   ``HistoryBuffer``'s public methods (``min``, ``max``, ``current``, ``mean``, ...) and refuses any
   other lookup, so ``getattr`` cannot be used to reach ``os.system`` or a module's globals.
 
-Everything else is refused with :class:`UnsafeCheckpointError` (a ``pickle.UnpicklingError``):
-a pickle whose ``__reduce__`` calls ``os.system``, ``eval``, ``subprocess`` or any other global.
+Everything else is refused with :class:`UnsafeCheckpointError` (a ``pickle.UnpicklingError``) that
+names the file and says why: a pickle whose ``__reduce__`` calls ``os.system``, ``eval``,
+``subprocess`` or any other global, or numpy content outside the rules above.
 Before unpickling, a zip-format file (what ``torch.save`` writes) is checked record by record
 against its CRCs, so a truncated or corrupt file raises :class:`CorruptCheckpointError` naming the
 file instead of an error from deep inside torch (or, for a flipped bit, silently wrong weights).
@@ -60,9 +68,6 @@ __all__ = ['CheckpointError', 'UnsafeCheckpointError', 'CorruptCheckpointError',
            'safe_checkpoint_globals', 'load_checkpoint_file', 'checkpoint_problem', 'install_checkpoint_loaders',
            'checkpoint_scheme_loaders', 'SCHEME_PREFIXES', 'find_resume_checkpoint']
 
-_REGISTERED = False
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names it and says why."""
 
@@ -73,6 +78,253 @@ class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
 
 class CorruptCheckpointError(CheckpointError):
     """The checkpoint file is truncated, corrupt or not a PyTorch checkpoint."""
+
+
+# --------------------------------------------------------------------------- numpy content
+#: dtype kinds a checkpoint may carry: bool, signed and unsigned integers, floats, complex numbers
+_NUMPY_KINDS = 'biufc'
+_NUMPY_DESCR = re.compile(r'^[biufc]\d{1,2}$')
+#: the most dimensions an array in a checkpoint may have (numpy 1.x's limit)
+_NUMPY_MAX_DIMS = 32
+#: the deepest nesting of containers in which numpy content is looked for after unpickling
+_MAX_NESTING = 256
+_numpy_loads = threading.local()
+
+
+def _numpy_refusal(what: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(what)
+
+
+def _pending(placeholder: Any) -> None:
+    """Note a placeholder created by the load running in this thread (see :func:`_resolve_numpy`)."""
+    pending = getattr(_numpy_loads, 'pending', None)
+    if pending is not None:
+        pending.append(placeholder)
+
+
+class _CheckpointDtype:
+    """What the name ``numpy.dtype`` unpickles to: a plain numeric dtype rebuilt from its descriptor
+    string (``'f8'``, ``'i4'``, ``'b1'``, ...) and byte order only.
+
+    numpy pickles a dtype as ``numpy.dtype(descr, align, copy)`` followed by ``__setstate__(state)``,
+    and its ``__setstate__`` takes the flags, fields and offsets as stated, which lets a pickle forge a
+    dtype that treats raw bytes as object pointers. This stand-in accepts the state of a plain numeric
+    dtype only, ``(3, byte order, None, None, None, -1, -1, 0)``, and numpy never sees it. The real dtype
+    (``.dtype``) is what ends up in the loaded checkpoint.
+    """
+
+    __slots__ = ('dtype', '_built', '__weakref__')
+
+    def __new__(cls, descr: Any = None, align: Any = False, copy: Any = True) -> '_CheckpointDtype':
+        if not isinstance(descr, str) or not _NUMPY_DESCR.match(descr):
+            raise _numpy_refusal(f'numpy dtype {descr!r} is not a plain numeric dtype (expected a descriptor string '
+                                 "such as 'f8', 'i4', 'u1', 'b1', 'c16'; object, structured, string, void and "
+                                 'datetime dtypes are not loaded)')
+        if type(align) is not bool or type(copy) is not bool:
+            raise _numpy_refusal(f'numpy dtype {descr!r} is pickled with align={align!r}, copy={copy!r} '
+                                 '(expected two booleans)')
+        try:
+            dtype = np.dtype(descr)
+        except TypeError as e:
+            raise _numpy_refusal(f'numpy dtype {descr!r} is not a dtype numpy knows ({e})') from None
+        if (dtype.kind not in _NUMPY_KINDS or dtype.fields is not None or dtype.subdtype is not None
+                or dtype.hasobject or f'{dtype.kind}{dtype.itemsize}' != descr):
+            raise _numpy_refusal(f'numpy dtype {descr!r} is not a plain numeric dtype')
+        self = object.__new__(cls)
+        self.dtype = dtype
+        self._built = False
+        _pending(self)
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        if self._built:
+            raise _numpy_refusal(f'numpy dtype {self.dtype.str[1:]!r} is given its state twice')
+        if (type(state) is not tuple or len(state) != 8 or state[0] != 3 or type(state[0]) is not int
+                or state[2:] != (None, None, None, -1, -1, 0) or state[1] not in ('<', '>', '=', '|')):
+            raise _numpy_refusal(f'numpy dtype {self.dtype.str[1:]!r} comes with the state {state!r}; a plain numeric '
+                                 "dtype's state is (3, byte order, None, None, None, -1, -1, 0): flags, fields, "
+                                 'offsets and sizes other than its own are not loaded')
+        order = state[1]
+        if self.dtype.itemsize > 1:
+            if order == '|':
+                raise _numpy_refusal(f'numpy dtype {self.dtype.str[1:]!r} has {self.dtype.itemsize} bytes but no byte '
+                                     "order ('|')")
+            self.dtype = self.dtype.newbyteorder(order)
+        self._built = True
+
+
+class _CheckpointArray:
+    """What the name ``numpy.ndarray`` unpickles to: a placeholder whose ``__setstate__`` rebuilds the
+    array from a validated shape, a :class:`_CheckpointDtype` and raw bytes of exactly
+    ``itemsize * size`` bytes (numpy's ``ndarray.__setstate__`` never sees the pickled state). After
+    unpickling, :func:`_resolve_numpy` puts the array (``.array``) where the placeholder is."""
+
+    __slots__ = ('array', '__weakref__')
+
+    def __new__(cls, *args: Any) -> '_CheckpointArray':
+        if args:
+            raise _numpy_refusal('numpy.ndarray is called directly; arrays are loaded through '
+                                 'numpy.core.multiarray._reconstruct only')
+        self = object.__new__(cls)
+        self.array = None
+        _pending(self)
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None:
+            raise _numpy_refusal('a numpy array is given its state twice')
+        if type(state) is not tuple or len(state) != 5 or type(state[0]) is not int or state[0] != 1:
+            raise _numpy_refusal('a numpy array state is not (1, shape, dtype, fortran order, bytes)')
+        _, shape, dtype, fortran, data = state
+        if (type(shape) is not tuple or len(shape) > _NUMPY_MAX_DIMS
+                or not all(type(n) is int and n >= 0 for n in shape)):
+            raise _numpy_refusal(f'numpy array shape {shape!r} is not a tuple of at most {_NUMPY_MAX_DIMS} '
+                                 'non-negative integers')
+        if type(dtype) is not _CheckpointDtype:
+            raise _numpy_refusal(f'a numpy array of shape {shape} has the dtype {type(dtype).__name__}, not a plain '
+                                 'numeric numpy dtype')
+        if type(fortran) is not bool:
+            raise _numpy_refusal(f'a numpy array of shape {shape} has the memory order flag {fortran!r} '
+                                 '(expected a bool)')
+        if type(data) is not bytes:
+            raise _numpy_refusal(f'a numpy array of shape {shape} holds {type(data).__name__} instead of raw bytes '
+                                 '(arrays of Python objects are not loaded)')
+        dt = dtype.dtype
+        size, bound = 1, 1
+        for n in shape:
+            size *= n
+            bound *= max(n, 1)
+        if bound * dt.itemsize > sys.maxsize:
+            raise _numpy_refusal(f'numpy array shape {shape} of {dt} is too large to address')
+        if size * dt.itemsize != len(data):
+            raise _numpy_refusal(f'a numpy array of shape {shape} and dtype {dt} needs {size * dt.itemsize} bytes '
+                                 f'(itemsize {dt.itemsize} x {size} elements) but holds {len(data)}')
+        order = 'F' if fortran else 'C'
+        self.array = np.frombuffer(data, dtype=dt).reshape(shape, order=order).copy(order=order)
+
+
+def _reconstruct_array(cls: Any, shape: Any, typecode: Any) -> _CheckpointArray:
+    """What ``numpy.core.multiarray._reconstruct`` unpickles to: an empty :class:`_CheckpointArray`; only a
+    plain ``numpy.ndarray`` (not a subclass) in numpy's own form ``(ndarray, (0,), b'b')``."""
+    if cls is not _CheckpointArray or shape != (0,) or typecode != b'b':
+        raise _numpy_refusal(f'_reconstruct({getattr(cls, "__name__", cls)!r}, {shape!r}, {typecode!r}): only '
+                             "plain numpy arrays, reconstructed as numpy pickles them ((ndarray, (0,), b'b')), load")
+    return _CheckpointArray()
+
+
+def _rebuild_scalar(dtype: Any, data: Any = None) -> np.generic:
+    """What ``numpy.core.multiarray.scalar`` unpickles to: a numpy scalar built from a plain numeric
+    :class:`_CheckpointDtype` and exactly ``itemsize`` bytes."""
+    if type(dtype) is not _CheckpointDtype:
+        raise _numpy_refusal(f'a numpy scalar has the dtype {type(dtype).__name__}, not a plain numeric numpy dtype')
+    dt = dtype.dtype
+    if type(data) is not bytes or len(data) != dt.itemsize:
+        got = f'{len(data)} bytes' if type(data) is bytes else type(data).__name__
+        raise _numpy_refusal(f'a numpy {dt} scalar needs exactly {dt.itemsize} bytes, got {got}')
+    return np.frombuffer(data, dtype=dt)[0]
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """What ``builtins.bytes`` unpickles to: ``b''``, as pickle protocol 2 writes the empty bytes of an
+    empty array (``bytes()``); a size or any other argument is refused."""
+    if args:
+        raise _numpy_refusal(f'bytes{args!r}: only bytes() (the empty bytes of an empty array) is loaded')
+    return b''
+
+
+def _numpy_entries() -> List[Tuple[Any, str]]:
+    """The names numpy pickles use (numpy 1.x: ``numpy.core``, numpy 2: ``numpy._core``), each mapped to
+    the stand-in above."""
+    entries = [(_CheckpointDtype, 'numpy.dtype'), (_CheckpointArray, 'numpy.ndarray')]
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        entries += [(_reconstruct_array, f'{module}._reconstruct'), (_rebuild_scalar, f'{module}.scalar')]
+    return entries + [(_empty_bytes, 'builtins.bytes')]
+
+
+def _resolve_numpy(obj: Any) -> Any:
+    """Replace the placeholders of one unpickled object graph by the dtypes and arrays they rebuilt.
+
+    Containers are updated in place (dict, list, set and the attributes of objects), tuples are rebuilt;
+    shared and cyclic references are kept.
+    """
+    memo: Dict[int, Any] = {}
+
+    def resolve(x: Any, depth: int) -> Any:
+        t = type(x)
+        if t is _CheckpointArray:
+            if x.array is None:
+                raise _numpy_refusal('an array is created but never given its state')
+            return x.array
+        if t is _CheckpointDtype:
+            return x.dtype
+        if x is None or t in (bool, int, float, complex, str, bytes) or isinstance(x, (np.generic, np.ndarray, type)):
+            return x
+        key = id(x)
+        if key in memo:
+            return memo[key]
+        if depth > _MAX_NESTING:
+            raise _numpy_refusal(f'containers are nested more than {_MAX_NESTING} deep')
+        memo[key] = x
+        if t is tuple:
+            items = tuple(resolve(v, depth + 1) for v in x)
+            if any(a is not b for a, b in zip(items, x)):
+                memo[key] = items
+            return memo[key]
+        if isinstance(x, list):
+            for i, v in enumerate(x):
+                x[i] = resolve(v, depth + 1)
+        elif isinstance(x, dict):
+            pairs = [(resolve(k, depth + 1), resolve(v, depth + 1)) for k, v in x.items()]
+            if any(k is not k0 for (k, _), k0 in zip(pairs, x)):
+                x.clear()
+            x.update(pairs)
+        elif isinstance(x, set):
+            items = [resolve(v, depth + 1) for v in x]
+            x.clear()
+            x.update(items)
+        if not isinstance(x, (tuple, list, dict, set)) and not inspect.isroutine(x):
+            attrs = getattr(x, '__dict__', None)
+            if type(attrs) is dict and attrs:
+                resolve(attrs, depth + 1)
+        return x
+
+    return resolve(obj, 0)
+
+
+def _install_numpy_resolution() -> None:
+    """Make every weights-only unpickling put real dtypes and arrays where the placeholders are.
+
+    Wraps ``torch._weights_only_unpickler.Unpickler.load`` (what ``torch.load(weights_only=True)``
+    runs for each pickle), so that code which calls ``torch.load`` itself after
+    :func:`register_safe_checkpoint_globals` gets numpy objects too. Idempotent.
+    """
+    from torch import _weights_only_unpickler as unpickler
+    load = unpickler.Unpickler.load
+    if getattr(load, '_dcn_plugin_numpy', False):
+        return
+
+    @functools.wraps(load)
+    def load_with_numpy(self):
+        outer = getattr(_numpy_loads, 'pending', None)
+        _numpy_loads.pending = pending = []
+        try:
+            result = load(self)
+            return _resolve_numpy(result) if pending else result
+        finally:
+            _numpy_loads.pending = outer
+
+    load_with_numpy._dcn_plugin_numpy = True  # type: ignore[attr-defined]
+    unpickler.Unpickler.load = load_with_numpy
+
+
+def _is_numpy_entry(entry: Any) -> bool:
+    """Whether an ``add_safe_globals`` entry admits a numpy object (under any name) or a numpy name."""
+    obj, name = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, None)
+    if name is None:
+        name = f'{getattr(obj, "__module__", "")}.{getattr(obj, "__qualname__", "")}'
+    module = getattr(obj, '__module__', None) or ''
+    return (str(name).startswith('numpy.') or module == 'numpy' or module.startswith('numpy.')
+            or (isinstance(obj, type) and issubclass(obj, (np.ndarray, np.dtype, np.generic))))
 
 
 # --------------------------------------------------------------------------- the allow-list
@@ -87,28 +339,9 @@ def _restricted_getattr(obj: Any, name: str) -> Any:
         'public methods of mmengine.logging.HistoryBuffer may be looked up while loading')
 
 
-def _numpy_globals() -> List[Any]:
-    try:  # numpy >= 2
-        from numpy._core import multiarray
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    items: List[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-    # numpy 1.x checkpoints name the functions numpy.core.multiarray.*; numpy 2 loads them too
-    items += [(multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
-              (multiarray.scalar, 'numpy.core.multiarray.scalar')]
-    dtypes_mod = getattr(np, 'dtypes', None)
-    if dtypes_mod is not None:  # concrete dtype classes (numpy.dtypes.Float64DType, ...)
-        items += [c for c in vars(dtypes_mod).values() if isinstance(c, type) and issubclass(c, np.dtype)]
-    # numpy scalar types (np.float64, np.int64, ...), which some pickles name directly
-    items += sorted({t for ts in np.sctypes.values() for t in ts} if hasattr(np, 'sctypes') else
-                    {np.dtype(c).type for c in np.typecodes['All'] if c not in 'OMm'},
-                    key=lambda t: t.__name__)
-    return items
-
-
 def safe_checkpoint_globals() -> List[Any]:
     """The globals that :func:`register_safe_checkpoint_globals` adds (entries for ``add_safe_globals``)."""
-    items: List[Any] = _numpy_globals()
+    items: List[Any] = list(_numpy_entries())
     try:
         from mmengine.logging import HistoryBuffer
     except ImportError:  # the op package alone: plain state dicts only
@@ -118,17 +351,34 @@ def safe_checkpoint_globals() -> List[Any]:
     return items
 
 
+_REGISTER_LOCK = threading.Lock()
+
+
 def register_safe_checkpoint_globals() -> None:
     """Allow-list the types mmengine / mmdet checkpoints carry for ``weights_only`` loading.
 
-    Idempotent. :func:`load_checkpoint_file` calls it; it is public for code that calls
-    ``torch.load(..., weights_only=True)`` itself.
+    Adds :func:`safe_checkpoint_globals`, makes weights-only unpickling resolve the numpy stand-ins
+    (:func:`_install_numpy_resolution`) and takes out any other entry that admits numpy objects or names
+    (another package's ``add_safe_globals([np.dtype, ...])`` would let numpy restore pickled dtype
+    state), with a warning. :func:`load_checkpoint_file` calls it before every load; it is public for code
+    that calls ``torch.load(..., weights_only=True)`` itself.
     """
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    torch.serialization.add_safe_globals(safe_checkpoint_globals())
-    _REGISTERED = True
+    ours = safe_checkpoint_globals()
+    with _REGISTER_LOCK:
+        current = torch.serialization.get_safe_globals()
+        foreign = [g for g in current if _is_numpy_entry(g) and g not in ours]
+        if foreign:
+            kept = [g for g in current if g not in foreign]
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(kept)
+            logging.getLogger(__name__).warning(
+                'dcn_plugin: removed numpy entries from torch.serialization\'s safe globals (%s): numpy would '
+                'restore pickled dtype and array state unchecked; checkpoints load numpy content through '
+                'dcn_plugin.utils.checkpoint\'s validated rebuilders instead', ', '.join(map(repr, foreign)))
+        missing = [g for g in ours if g not in current]
+        if missing:
+            torch.serialization.add_safe_globals(missing)
+        _install_numpy_resolution()
 
 
 # --------------------------------------------------------------------------- integrity
@@ -187,10 +437,15 @@ def checkpoint_problem(path: Union[str, os.PathLike]) -> Optional[str]:
 
 # --------------------------------------------------------------------------- the restricted loader
 def _unsafe_detail(message: str) -> str:
-    for line in message.splitlines():
-        if 'Unsupported global' in line or 'WeightsUnpickler error' in line or 'refusing' in line:
-            return line.strip()
-    return message.strip().splitlines()[0] if message.strip() else 'an object outside the allow-list'
+    """The reason in torch's weights-only error message, without torch's advice around it."""
+    text = message.split('Check the documentation of torch.load')[0]
+    if 'WeightsUnpickler error:' in text:
+        text = text.rsplit('WeightsUnpickler error:', 1)[1]
+    elif text.startswith('Weights only load failed.'):
+        text = text[len('Weights only load failed.'):].split('\n')[0]
+    text = text.split(' Please use `torch.serialization.add_safe_globals')[0]
+    text = ' '.join(line.strip() for line in text.splitlines() if line.strip()).rstrip('.')
+    return text or 'an object outside the allow-list'
 
 
 def load_checkpoint_file(source: Union[str, os.PathLike, BinaryIO, bytes], map_location: Any = None,
@@ -233,9 +488,9 @@ def load_checkpoint_file(source: Union[str, os.PathLike, BinaryIO, bytes], map_l
         text = str(e)
         if 'Weights only load failed' in text or 'refusing' in text:
             raise UnsafeCheckpointError(
-                f'refusing to load checkpoint {name}: it holds objects outside the allow-list (tensors, plain '
-                'containers, numpy arrays and scalars, mmengine HistoryBuffer), so unpickling it could run code '
-                f'({_unsafe_detail(text)})') from e
+                f'refusing to load checkpoint {name}: {_unsafe_detail(text)}. A checkpoint may hold tensors, plain '
+                'containers, plain numeric numpy arrays and scalars and mmengine HistoryBuffer objects only; '
+                'unpickling anything else could run code or corrupt memory') from e
         raise CorruptCheckpointError(f'checkpoint {name} is truncated or corrupt ({e})') from e
     except EOFError as e:
         raise CorruptCheckpointError(f'checkpoint {name} is truncated (unexpected end of file)') from e

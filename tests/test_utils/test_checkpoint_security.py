@@ -469,3 +469,182 @@ def test_tools_test_evaluates_a_genuine_checkpoint_from_a_url(evil_env, tmp_path
     proc = run([PY, 'tools/test.py', evil_env['cfg'], url, '--work-dir', str(wd)], env=evil_env['env'])
     assert 'bbox_mAP' in proc.out
     assert (wd / 'test_metrics.json').exists()
+
+
+# --------------------------------------------------------------------------- numpy content
+class _Reduce:
+    """Pickles as ``func(*args)`` followed by ``__setstate__(state)``: a hand-made numpy pickle."""
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def _multiarray():
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _forged_dtype(descr, state):
+    return _Reduce(np.dtype, (descr, False, True), state)
+
+
+def _forged_array(dtype, shape, data, fortran=False):
+    return _Reduce(_multiarray()._reconstruct, (np.ndarray, (0,), b'b'), (1, shape, dtype, fortran, data))
+
+
+_LIVE = 'an object the pickle points at'
+_OBJECT_FIELD = {'a': (np.dtype('O'), 0)}
+#: numpy pickles that corrupt memory, hand back arbitrary objects or allocate without bound when numpy
+#: restores their state as stated; each with a word its refusal names
+FORGED_NUMPY = {
+    # the field holds objects but the flags say it does not: raw bytes are freed as a pointer
+    'object-field-flags-cleared': (_forged_array(_forged_dtype('V8', (3, '|', None, ('a',), _OBJECT_FIELD, 8, 1, 0)),
+                                                 (1,), b'\x41' * 8), "'V8'"),
+    # a float64 whose flags claim it holds objects
+    'float-flagged-as-objects': (_forged_array(_forged_dtype('f8', (3, '<', None, None, None, -1, -1, 63)), (2,),
+                                               b'\x41' * 16), 'state'),
+    # an object field read from raw bytes: an address (of a live object in the writing process)
+    'object-field-at-a-live-address': (_forged_array(
+        _forged_dtype('V8', (3, '|', None, ('a',), _OBJECT_FIELD, 8, 1, 61)), (1,),
+        id(_LIVE).to_bytes(8, sys.byteorder)), "'V8'"),
+    'field-offset-past-itemsize': (_forged_array(
+        _forged_dtype('V8', (3, '|', None, ('a',), {'a': (np.dtype('f8'), 4096)}, 8, 1, 16)), (1,), b'\0' * 8), "'V8'"),
+    'object-array': (_forged_array(np.dtype('O'), (1,), b'\x41' * 8), "'O8'"),
+    'itemsize-shape-mismatch': (_forged_array(np.dtype('f8'), (4,), b'\0' * 8), 'needs 32 bytes'),
+    'huge-shape': (_forged_array(np.dtype('f8'), (2 ** 40, 2 ** 40), b'\0' * 8), 'too large'),
+    'huge-empty-shape': (_forged_array(np.dtype('f8'), (0, 2 ** 62), b''), 'too large'),
+    'negative-shape': (_forged_array(np.dtype('f8'), (-1,), b''), 'non-negative'),
+    'scalar-wrong-size': (_Reduce(_multiarray().scalar, (np.dtype('f8'), b'\0' * 3)), 'exactly 8 bytes'),
+    'scalar-object': (_Reduce(_multiarray().scalar, (np.dtype('O'), 'x')), "'O8'"),
+    'datetime': (np.array(['2020-01-01'], dtype='M8[D]'), "'M8'"),
+}
+
+NUMPY_LOADER = r'''
+import gc, sys
+import numpy as np
+import torch
+from dcn_plugin.utils.checkpoint import UnsafeCheckpointError, load_checkpoint_file
+if sys.argv[1] == 'foreign':  # another package allow-lists numpy's own classes and functions
+    from numpy._core import multiarray
+    torch.serialization.add_safe_globals([np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+                                         + [c for c in vars(np.dtypes).values() if isinstance(c, type)])
+for path in sys.argv[2:]:
+    try:
+        loaded = load_checkpoint_file(path)
+        print('LOADED', path, repr(loaded['meta'].get('x'))[:200], flush=True)
+        del loaded
+        gc.collect()
+    except UnsafeCheckpointError as e:
+        print('REFUSED', path, str(e).replace('\n', ' '), flush=True)
+'''
+
+
+def _load_in_a_subprocess(paths, mode='plain'):
+    """Load each checkpoint in a fresh process (a crash must fail the test, not the test runner)."""
+    proc = run([PY, '-c', NUMPY_LOADER, mode] + [str(p) for p in paths], env={'PYTHONPATH': ROOT}, check=False)
+    assert proc.returncode == 0, f'the loader died ({proc.returncode}):\n{proc.out[-3000:]}'
+    return {line.split(' ', 2)[1]: line for line in proc.stdout.splitlines() if line.startswith(('LOADED', 'REFUSED'))}
+
+
+@pytest.mark.parametrize('mode', ['plain', 'foreign'])
+def test_forged_numpy_state_is_refused_without_reaching_numpy(tmp_path, mode):
+    """Forged dtype flags, object fields, out-of-range field offsets, size mismatches and huge shapes are
+    refused with the file named, also when other code has allow-listed numpy's own classes."""
+    paths = {}
+    for case, (obj, _) in FORGED_NUMPY.items():
+        paths[case] = str(tmp_path / f'{case}.pth')
+        torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': obj}}, paths[case])
+    results = _load_in_a_subprocess(paths.values(), mode)
+    for case, (_, reason) in FORGED_NUMPY.items():
+        line = results.get(paths[case], 'no result')
+        assert line.startswith(f'REFUSED {paths[case]} refusing to load checkpoint {paths[case]}: '), (case, line)
+        assert reason in line, (case, line)
+
+
+def _numpy_content():
+    """The numpy values mmengine / mmdet checkpoints carry (scalars of every plain kind, arrays in both byte
+    orders and memory orders, 0-d and empty arrays)."""
+    return {
+        'f64': np.float64(0.5), 'f32': np.float32(-2.25), 'f16': np.float16(1.5), 'i64': np.int64(-3),
+        'u8': np.uint8(200), 'bool': np.bool_(True), 'c128': np.complex128(1 - 2j),
+        'little': np.arange(6, dtype='<f4').reshape(2, 3), 'big': np.arange(6, dtype='>i4').reshape(3, 2),
+        'fortran': np.asfortranarray(np.arange(12.).reshape(3, 4)), 'zero_d': np.array(7.25),
+        'empty': np.zeros((0, 4), np.float32), 'flags': np.array([True, False, True]),
+        'nested': (np.arange(3, dtype=np.int16), [np.float64(2.5)]),
+    }
+
+
+def _assert_same_numpy(loaded, expected):
+    if isinstance(expected, (tuple, list)):
+        assert type(loaded) is type(expected) and len(loaded) == len(expected)
+        for a, b in zip(loaded, expected):
+            _assert_same_numpy(a, b)
+        return
+    assert type(loaded) is type(expected), (loaded, expected)
+    if isinstance(expected, np.ndarray):
+        assert loaded.dtype == expected.dtype and loaded.shape == expected.shape
+        assert loaded.flags.f_contiguous == expected.flags.f_contiguous and loaded.flags.writeable
+    np.testing.assert_array_equal(loaded, expected)
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    """A checkpoint written by a real mmengine Runner (message hub with HistoryBuffers, runtime info, meta),
+    with the numpy values of :func:`_numpy_content` in its runtime info and meta."""
+    from mmengine.hooks import Hook
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x, y=None, mode='loss'):
+            return dict(loss=((self.lin(x) - 1) ** 2).mean())
+
+    class NumpyContent(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            runner.message_hub.update_info('numpy', _numpy_content())
+            runner.message_hub.update_scalar('train/np_metric', np.float32(0.25))
+
+        def before_save_checkpoint(self, runner, checkpoint):
+            checkpoint['meta']['numpy'] = _numpy_content()
+
+    wd = tmp_path_factory.mktemp('numpy_runner')
+    data = [dict(x=torch.full((2,), float(i)), y=0) for i in range(4)]
+    Runner(model=Toy(), work_dir=str(wd), train_dataloader=dict(dataset=data, sampler=dict(type='DefaultSampler'),
+                                                                 batch_size=2, collate_fn=dict(type='default_collate')),
+           train_cfg=dict(by_epoch=False, max_iters=2), optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+           default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+           custom_hooks=[NumpyContent()], experiment_name='numpy_runner').train()
+    return str(wd / 'iter_2.pth')
+
+
+def test_a_runner_checkpoint_with_numpy_content_loads_equal(runner_checkpoint):
+    from mmengine.logging import HistoryBuffer
+    from mmengine.runner import load_checkpoint
+
+    from dcn_plugin.utils import load_checkpoint_file
+    for loaded in (load_checkpoint_file(runner_checkpoint), load_checkpoint(nn.Linear(2, 1), runner_checkpoint)):
+        for got in (loaded['meta']['numpy'], loaded['message_hub']['runtime_info']['numpy']):
+            assert set(got) == set(_numpy_content())
+            for key, expected in _numpy_content().items():
+                _assert_same_numpy(got[key], expected)
+        buffer = loaded['message_hub']['log_scalars']['train/np_metric']
+        assert type(buffer) is HistoryBuffer and buffer.mean() == pytest.approx(0.25)
+        assert type(buffer._log_history) is np.ndarray and buffer._log_history.dtype == np.float64
+    # torch.load itself, after the allow-list is registered (what user code may do), gives numpy objects too
+    loaded = torch.load(runner_checkpoint, weights_only=True)
+    _assert_same_numpy(loaded['meta']['numpy']['big'], _numpy_content()['big'])
+
+
+def test_a_runner_checkpoint_with_numpy_content_loads_in_a_fresh_process(runner_checkpoint):
+    line = _load_in_a_subprocess([runner_checkpoint])[runner_checkpoint]
+    assert line.startswith('LOADED'), line
