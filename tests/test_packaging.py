@@ -27,6 +27,7 @@ model = dict(roi_head=dict(bbox_head=dict(num_classes=3)))
 USER_SCRIPT = """
 import json, os, sys
 import torch
+import mmcv.ops, mmdet.models, mmdet.evaluation, mmdet.datasets  # the default set-up: mmcv-lite + compat/mmcv_ext
 import dcn_plugin
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -48,7 +49,7 @@ deformable = sum(isinstance(m, dcn_plugin.ModulatedDeformConv2dPack) for m in mo
 print(json.dumps(dict(package=dcn_plugin.__file__, version=dcn_plugin.__version__, mim_is_link=os.path.islink(mim),
                       backbone=type(model.backbone).__name__, deformable=deformable,
                       num_classes=model.roi_head.bbox_head.num_classes, boxes=list(out[0].pred_instances.bboxes.shape),
-                      hook=cfg.default_hooks.checkpoint.type)))
+                      hook=cfg.default_hooks.checkpoint.type, mmcv_ext=mmcv._ext.__file__)))
 """
 
 
@@ -76,7 +77,7 @@ def test_pyproject_declares_the_package_and_its_extras():
     setup_env = open(osp.join(ROOT, 'scripts', 'setup_env.sh')).read()
     pins = dict(line.split('=', 1) for line in setup_env.splitlines()
                 if line.startswith(('MMCV_VER=', 'MMDET_VER=', 'MMENGINE_SPEC=', 'RUFF_SPEC=')))
-    assert f'mmcv=={pins["MMCV_VER"]}' in extras['mmdet'] and f'mmdet=={pins["MMDET_VER"]}' in extras['mmdet']
+    assert f'mmcv-lite=={pins["MMCV_VER"]}' in extras['mmdet'] and f'mmdet=={pins["MMDET_VER"]}' in extras['mmdet']
     assert pins['MMENGINE_SPEC'].strip('"') in extras['mmdet']
     assert pins['RUFF_SPEC'].strip('"') in extras['tests']  # the lint's version: the same in CI and for users
 
@@ -151,4 +152,6 @@ def test_pip_install_builds_the_extension_and_user_configs_inherit_the_installed
     assert result['mim_is_link'] is False  # copied into the installation
     assert result['backbone'] == 'DCNResNet' and result['deformable'] > 0 and result['num_classes'] == 3
     assert result['boxes'][1] == 4 and result['hook'] == 'AtomicCheckpointHook'
+    import mmcv._ext
+    assert result['mmcv_ext'] == mmcv._ext.__file__  # the environment's (the stand-in, where set up the default way)
     assert 'Failed to search registry' not in proc.stderr and 'Failed to import' not in proc.stderr

@@ -393,6 +393,14 @@ def _ours(args: argparse.Namespace) -> Tuple[Callable[..., torch.Tensor], Tuple[
     return _mmcv_order(ops.modulated_deform_conv2d), (0, 1, 2, 3)
 
 
+def _mmcv(args: argparse.Namespace) -> Tuple[Callable[..., torch.Tensor], Tuple[int, ...]]:
+    ops = _module('mmcv.ops')
+    if not _module('dcn_plugin.utils.compat').mmcv_has_compiled_ops():
+        raise Skip('mmcv has no compiled operators (mmcv-lite: its deformable convolution runs on ours); '
+                   'install the full mmcv with `bash scripts/setup_env.sh --full-mmcv` to compare')
+    return _mmcv_order(ops.modulated_deform_conv2d), (0, 1, 2, 3)
+
+
 def _torchvision(args: argparse.Namespace) -> Tuple[Callable[..., torch.Tensor], Tuple[int, ...]]:
     op = _module('torchvision.ops').deform_conv2d
     return (lambda x, o, m, w, c: op(x, o, w, None, c['stride'], c['padding'], mask=m)), (0, 1, 2, 3)
@@ -403,7 +411,7 @@ class OpMode(Mode):
     implementation does), forward and forward+backward on the same inputs."""
     # name -> loader of (function(input, offset, mask, weight, case), which of those four it differentiates)
     impls = {'ours': _ours, 'torchvision': _torchvision,
-             'mmcv': lambda args: (_mmcv_order(_module('mmcv.ops').modulated_deform_conv2d), (0, 1, 2, 3)),
+             'mmcv': _mmcv,
              'conv2d': lambda args: (lambda x, o, m, w, c: torch.nn.functional.conv2d(x, w, None, c['stride'],
                                                                                       c['padding']), (0, 3))}
     ratios = [('ours', 'conv2d', 'time'), ('torchvision', 'ours', 'time'), ('mmcv', 'ours', 'time'),

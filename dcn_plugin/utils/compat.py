@@ -16,7 +16,8 @@ import importlib.util
 import os.path as osp
 from importlib import metadata
 
-__all__ = ['patch_mmengine_package_utils', 'is_installed', 'get_installed_path', 'CONFIG_SCOPE']
+__all__ = ['patch_mmengine_package_utils', 'is_installed', 'get_installed_path', 'CONFIG_SCOPE',
+           'mmcv_has_compiled_ops']
 
 #: the package scope of this package's configs: ``_base_ = 'dcn_plugin::dcn/<config>.py'``
 CONFIG_SCOPE = 'dcn_plugin'
@@ -76,3 +77,14 @@ def patch_mmengine_package_utils() -> bool:
             mod.is_installed = is_installed
     _PATCHED = True
     return True
+
+
+def mmcv_has_compiled_ops() -> bool:
+    """Whether the installed mmcv has its own compiled operators (``mmcv._ext`` an extension module), as
+    opposed to none or the pure-Python ``mmcv._ext`` of ``compat/mmcv_ext`` that runs mmcv's layers on
+    torchvision and this package's operators (comparing against that would compare us with ourselves)."""
+    try:
+        spec = importlib.util.find_spec('mmcv._ext')
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None and not spec.origin.endswith('.py')
