@@ -39,14 +39,20 @@ schemes (``mmengine/runner/checkpoint.py``): local paths (prefix ``''``), ``http
 ``modelzoo://``, ``torchvision://``, ``open-mmlab://``, ``openmmlab://`` and ``mmcls://``; its own
 loaders call ``torch.load`` / ``torch.hub.load_state_dict_from_url`` with ``weights_only`` unset or
 False. :func:`install_checkpoint_loaders` (run when :mod:`dcn_plugin` is imported, idempotent)
-registers a loader for each of them that downloads or reads exactly as mmengine does (URLs into the
-torch hub cache, ``TORCH_HOME/hub/checkpoints``; the ``torchvision://`` names' hash checked on
-download, as torchvision does) and then unpickles through :func:`load_checkpoint_file`. A scheme
+registers a loader for each of them that downloads or reads as mmengine does (URLs into the torch
+hub cache, ``TORCH_HOME/hub/checkpoints``) and then unpickles through :func:`load_checkpoint_file`.
+Two checks go beyond torch.hub's: a cached file whose name carries a sha256 prefix
+(``name-<8 or more hex digits>.ext``, torch.hub's ``HASH_REGEX`` convention, as every
+``torchvision://`` and OpenMMLab model-zoo name does) is checked against it on every use, not only
+on download, so a file replaced in the cache is refused; and torch.hub's legacy format (a zip holding
+one file) is read from the archive, never extracted into the cache, and only when that file's name is
+a plain file name (no path parts). A scheme
 another package registered is wrapped so that every ``torch.load`` it makes is forced to
 ``weights_only=True``.
 """
 import difflib
 import functools
+import hashlib
 import inspect
 import io
 import logging
@@ -501,25 +507,60 @@ def load_checkpoint_file(source: Union[str, os.PathLike, BinaryIO, bytes], map_l
 
 
 # --------------------------------------------------------------------------- the scheme loaders
+#: the fewest hex digits of a file name's ``-<sha256 prefix>.`` that count as a hash (torch.hub's convention:
+#: "the first eight or more digits of the SHA256 hash")
+_MIN_HASH_DIGITS = 8
+
+
+def _name_hash(filename: str) -> Optional[str]:
+    """The sha256 prefix a cache file name carries (``name-<prefix>.ext``, torch.hub's ``HASH_REGEX``), or None."""
+    from torch.hub import HASH_REGEX
+    match = HASH_REGEX.search(filename)
+    return match.group(1) if match and len(match.group(1)) >= _MIN_HASH_DIGITS else None
+
+
+def _check_name_hash(path: str, url: str) -> None:
+    """Refuse a cached file whose sha256 does not start with the prefix its name carries."""
+    prefix = _name_hash(osp.basename(path))
+    if prefix is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b''):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        raise CorruptCheckpointError(
+            f'checkpoint {path} (cached download of {url}) is not the file its name names: its sha256 is '
+            f'{digest.hexdigest()}, the name says {prefix}... (it was replaced or damaged in the cache; delete it to '
+            'download it again)')
+
+
+def _plain_file_name(name: str) -> bool:
+    return bool(name) and name not in ('.', '..') and not re.search(r'[/\\\x00:]', name)
+
+
 def _hub_file(url: str, model_dir: Optional[str] = None, check_hash: bool = False,
               progress: bool = True) -> str:
-    """The torch hub cache file of ``url`` (``<hub dir>/checkpoints/<file name>``), downloaded if
-    missing, exactly as ``torch.hub.load_state_dict_from_url`` does."""
-    from torch.hub import HASH_REGEX, download_url_to_file, get_dir
+    """The torch hub cache file of ``url`` (``<hub dir>/checkpoints/<file name>``), downloaded if missing as
+    ``torch.hub.load_state_dict_from_url`` does; a file name that carries a sha256 prefix
+    (``name-<8 or more hex digits>.ext``) is checked against the file on every use, not only on download.
+    ``check_hash`` requires the name to carry one."""
+    from torch.hub import download_url_to_file, get_dir
     if model_dir is None:
         model_dir = osp.join(get_dir(), 'checkpoints')
-    os.makedirs(model_dir, exist_ok=True)
     filename = osp.basename(urlparse(url).path)
-    if not filename:
-        raise ValueError(f'cannot name the cache file of checkpoint URL {url!r}: its path has no file name')
+    if not _plain_file_name(filename):
+        raise ValueError(f'cannot name the cache file of checkpoint URL {url!r}: its path does not end in a file name')
+    hash_prefix = _name_hash(filename)
+    if check_hash and hash_prefix is None:
+        raise ValueError(f'checkpoint URL {url!r} must name its file name-<sha256 prefix>.ext (at least '
+                         f'{_MIN_HASH_DIGITS} hex digits) so that the download can be checked')
+    os.makedirs(model_dir, exist_ok=True)
     cached = osp.join(model_dir, filename)
     if not osp.exists(cached):
         sys.stderr.write(f'Downloading: "{url}" to {cached}\n')
-        hash_prefix = None
-        if check_hash:
-            match = HASH_REGEX.search(filename)
-            hash_prefix = match.group(1) if match else None
         download_url_to_file(url, cached, hash_prefix, progress=progress)
+    _check_name_hash(cached, url)
     return cached
 
 
@@ -530,10 +571,15 @@ def _load_url(url: str, map_location: Any = None, model_dir: Optional[str] = Non
     if zipfile.is_zipfile(cached):
         with zipfile.ZipFile(cached) as z:
             members = z.infolist()
-            # torch.hub's legacy format: one file (a pre-1.6 torch.save) zipped by hand
+            # torch.hub's legacy format: one file (a pre-1.6 torch.save) zipped by hand; it is read from the
+            # archive, never written into the cache under a name the archive chose
             if len(members) == 1 and not members[0].is_dir():
-                extracted = z.extract(members[0], osp.dirname(cached))
-                return load_checkpoint_file(extracted, map_location, name=f'{extracted} (extracted from {name})')
+                member = members[0].filename
+                if not _plain_file_name(member):
+                    raise CorruptCheckpointError(
+                        f'checkpoint {name} is a zipped legacy checkpoint whose member {member!r} is not a plain '
+                        'file name (a path or an empty name): refusing it')
+                return load_checkpoint_file(z.read(members[0]), map_location, name=f'{member} (in {name})')
     return load_checkpoint_file(cached, map_location, name=name)
 
 
@@ -592,7 +638,7 @@ def _model_url(table: Dict[str, str], name: str, path: str) -> str:
 
 def load_from_torchvision(filename: str, map_location: Any = None) -> Any:
     """``torchvision://NAME`` (``modelzoo://NAME``, deprecated): torchvision's ImageNet weights, from
-    mmengine's table of their URLs; the file's hash is checked on download, as torchvision does."""
+    mmengine's table of their URLs; the file's sha256 prefix (in its name) is checked on every use."""
     from mmengine.logging import print_log
     from mmengine.runner.checkpoint import get_torchvision_models
     if filename.startswith('modelzoo://'):

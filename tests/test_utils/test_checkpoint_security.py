@@ -7,11 +7,13 @@ dcn_plugin, a config with ``custom_imports``, ``init_cfg=dict(type='Pretrained',
 genuine torchvision-format and mmdet-format checkpoints still load through the same paths.
 """
 import ast
+import hashlib
 import importlib.util
 import io
 import os
 import os.path as osp
 import pickle
+import re
 import shutil
 import sys
 import types
@@ -27,7 +29,7 @@ from tiny_detector import PY, ROOT, run, write_tiny
 
 HAVE_MMDET = all(importlib.util.find_spec(m) is not None for m in ('mmdet', 'mmcv'))
 needs_mmdet = pytest.mark.skipif(not HAVE_MMDET, reason='needs mmdet and mmcv')
-EVIL_URL = 'https://example.invalid/models/evil_detector-0123abcd.pth'
+EVIL_URL = 'https://example.invalid/models/evil_detector.pth'  # no sha256 prefix in the name: nothing to check
 
 
 class _RunsCode:
@@ -101,22 +103,40 @@ def _scheme_urls():
     tv = get_torchvision_models()['resnet50']
     mm = get_external_models()['detectron/resnet50_caffe']
     cls = get_mmcls_models()['vgg11']
-    return [('https://example.invalid/models/evil_detector-0123abcd.pth', EVIL_URL),
-            ('http://example.invalid/models/evil_detector-0123abcd.pth', EVIL_URL),
+    return [(EVIL_URL, EVIL_URL), (EVIL_URL.replace('https://', 'http://'), EVIL_URL),
             ('torchvision://resnet50', tv), ('modelzoo://resnet50', tv),
             ('open-mmlab://detectron/resnet50_caffe', mm), ('openmmlab://detectron/resnet50_caffe', mm),
             ('mmcls://vgg11', cls)]
 
 
+def sha256_of(path) -> str:
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+def name_tables_by_hash(monkeypatch, path):
+    """Rename the files of mmengine's model tables (``name-<sha256 prefix>.ext``) to carry the sha256 of
+    ``path``, so that a file planted in their cache passes the hash check and reaches the unpickler."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint
+    digest = sha256_of(path)[:8]
+    for getter in ('get_torchvision_models', 'get_external_models', 'get_mmcls_models'):
+        original = getattr(mmengine_checkpoint, getter)
+        monkeypatch.setattr(mmengine_checkpoint, getter, lambda original=original: {
+            k: re.sub(r'-[0-9a-f]{8,}\.', f'-{digest}.', v) if isinstance(v, str) else v
+            for k, v in original().items()})
+
+
 @needs_mmdet
 @pytest.mark.parametrize('index', range(7))
-def test_url_schemes_refuse_a_cached_payload(torch_home, tmp_path, index):
+def test_url_schemes_refuse_a_cached_payload(torch_home, tmp_path, monkeypatch, index):
     from mmengine.runner import load_checkpoint
 
     from dcn_plugin.utils import UnsafeCheckpointError
-    name, url = _scheme_urls()[index]
     marker = tmp_path / 'pwned'
-    write_evil(hub_file(torch_home, url), marker)
+    payload = write_evil(tmp_path / 'payload.pth', marker)
+    name_tables_by_hash(monkeypatch, payload)
+    name, url = _scheme_urls()[index]
+    os.makedirs(osp.dirname(hub_file(torch_home, url)), exist_ok=True)
+    shutil.copy(payload, hub_file(torch_home, url))
     with pytest.raises(UnsafeCheckpointError, match='refusing to load checkpoint') as e:
         load_checkpoint(nn.Linear(2, 1), name, map_location='cpu')
     assert hub_file(torch_home, url) in str(e.value)
@@ -250,28 +270,34 @@ def test_genuine_mmdet_checkpoint_loads_from_a_url_and_a_file(torch_home, tmp_pa
 
 
 @needs_mmdet
-def test_pretrained_torchvision_resnet50_of_the_coco_configs(torch_home, tmp_path):
+def test_pretrained_torchvision_resnet50_of_the_coco_configs(torch_home, tmp_path, monkeypatch):
     """``init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')`` as configs/dcn/ use it:
     the payload is refused; a torchvision-format state dict loads into the DCN backbone."""
     import torchvision
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmengine.runner.checkpoint import get_torchvision_models
+    from mmengine.runner import checkpoint as mmengine_checkpoint
 
     from dcn_plugin.utils import UnsafeCheckpointError
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'dcn', 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'))
     assert cfg.model.backbone.init_cfg.checkpoint == 'torchvision://resnet50'
     init_default_scope('mmdet')
-    cached = hub_file(torch_home, get_torchvision_models()['resnet50'])
     marker = tmp_path / 'pwned'
-    write_evil(cached, marker)
+    payload = write_evil(tmp_path / 'payload.pth', marker)
+    name_tables_by_hash(monkeypatch, payload)  # so that the unpickler, not the hash check, refuses it
+    cached = hub_file(torch_home, mmengine_checkpoint.get_torchvision_models()['resnet50'])
+    os.makedirs(osp.dirname(cached))
+    shutil.copy(payload, cached)
     backbone = MODELS.build(cfg.model.backbone)
     with pytest.raises(UnsafeCheckpointError):
         backbone.init_weights()
     assert not marker.exists()
     genuine = torchvision.models.resnet50().state_dict()
-    torch.save(genuine, cached)
+    torch.save(genuine, tmp_path / 'genuine.pth')
+    name_tables_by_hash(monkeypatch, tmp_path / 'genuine.pth')
+    cached = hub_file(torch_home, mmengine_checkpoint.get_torchvision_models()['resnet50'])
+    shutil.copy(tmp_path / 'genuine.pth', cached)
     backbone = MODELS.build(cfg.model.backbone)
     backbone.init_weights()
     torch.testing.assert_close(backbone.conv1.weight.data, genuine['conv1.weight'])
@@ -282,6 +308,8 @@ def test_downloads_land_in_the_torch_hub_cache_with_the_hash_checked(torch_home,
     import torch.hub
     from mmengine.runner import load_checkpoint
     from mmengine.runner.checkpoint import get_torchvision_models
+
+    from dcn_plugin.utils import CorruptCheckpointError
     source = tmp_path / 'served.pth'
     torch.save({'weight': torch.ones(1, 2), 'bias': torch.zeros(1)}, source)
     calls = []
@@ -293,12 +321,14 @@ def test_downloads_land_in_the_torch_hub_cache_with_the_hash_checked(torch_home,
     monkeypatch.setattr(torch.hub, 'download_url_to_file', fake_download)
     model = nn.Linear(2, 1)
     load_checkpoint(model, EVIL_URL)
-    assert calls == [(EVIL_URL, hub_file(torch_home, EVIL_URL), None)]  # mmengine checks no hash for URLs
+    assert calls == [(EVIL_URL, hub_file(torch_home, EVIL_URL), None)]  # its name carries no hash
     torch.testing.assert_close(model.weight.data, torch.ones(1, 2))
     load_checkpoint(model, EVIL_URL)  # cached now: no second download
     assert len(calls) == 1
     url = get_torchvision_models()['resnet18']
-    load_checkpoint(model, 'torchvision://resnet18')  # torchvision's names carry their hash: it is checked
+    # torchvision's names carry their hash: it goes to the download, and the file is checked against it on use
+    with pytest.raises(CorruptCheckpointError, match='is not the file its name names'):
+        load_checkpoint(model, 'torchvision://resnet18')
     assert calls[-1] == (url, hub_file(torch_home, url), osp.basename(url).split('-')[-1].split('.')[0])
 
 
@@ -388,7 +418,7 @@ def evil_env(tmp_path_factory):
 def _assert_refused(proc, marker):
     assert proc.returncode != 0, proc.out[-3000:]
     assert 'refusing to load checkpoint' in proc.out, proc.out[-3000:]
-    assert 'evil_detector-0123abcd.pth' in proc.out
+    assert 'evil_detector.pth' in proc.out
     assert not marker.exists()
 
 
@@ -463,7 +493,7 @@ def test_tools_test_evaluates_a_genuine_checkpoint_from_a_url(evil_env, tmp_path
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     model = MODELS.build(Config.fromfile(evil_env['cfg']).model)
-    url = 'https://example.invalid/models/genuine_detector-89abcdef.pth'
+    url = 'https://example.invalid/models/genuine_detector.pth'
     torch.save(_mmdet_style_checkpoint(model.state_dict()), hub_file(evil_env['env']['TORCH_HOME'], url))
     wd = tmp_path / 'w'
     proc = run([PY, 'tools/test.py', evil_env['cfg'], url, '--work-dir', str(wd)], env=evil_env['env'])
@@ -648,3 +678,67 @@ def test_a_runner_checkpoint_with_numpy_content_loads_equal(runner_checkpoint):
 def test_a_runner_checkpoint_with_numpy_content_loads_in_a_fresh_process(runner_checkpoint):
     line = _load_in_a_subprocess([runner_checkpoint])[runner_checkpoint]
     assert line.startswith('LOADED'), line
+
+
+# --------------------------------------------------------------------------- the hub cache
+def _no_download(url, dst, hash_prefix=None, progress=True):
+    raise AssertionError(f'no download expected, got {url}')
+
+
+def test_a_cached_file_that_does_not_match_the_hash_its_name_carries_is_refused_on_every_use(
+        torch_home, tmp_path, monkeypatch):
+    """Whatever put a file into the cache under a hashed name (``name-<sha256 prefix>.ext``), it is checked
+    each time it is used, not only when it is downloaded."""
+    import torch.hub
+    from mmengine.runner import load_checkpoint
+    from mmengine.runner.checkpoint import get_torchvision_models
+
+    from dcn_plugin.utils import CorruptCheckpointError
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', _no_download)
+    cached = hub_file(torch_home, get_torchvision_models()['resnet50'])
+    os.makedirs(osp.dirname(cached))
+    torch.save({'weight': torch.full((1, 2), 66.), 'bias': torch.zeros(1)}, cached)  # someone else's weights
+    model = nn.Linear(2, 1)
+    with pytest.raises(CorruptCheckpointError, match='is not the file its name names') as e:
+        load_checkpoint(model, 'torchvision://resnet50')
+    assert cached in str(e.value) and not (model.weight == 66).any()
+    # a file that carries its own sha256 prefix loads from the cache, every time; replaced, it is refused
+    genuine = tmp_path / 'genuine.pth'
+    torch.save({'weight': torch.ones(1, 2), 'bias': torch.zeros(1)}, genuine)
+    url = f'https://example.invalid/models/genuine-{sha256_of(genuine)[:10]}.pth'
+    shutil.copy(genuine, hub_file(torch_home, url))
+    for _ in range(2):
+        load_checkpoint(model, url)
+        torch.testing.assert_close(model.weight.data, torch.ones(1, 2))
+    torch.save({'weight': torch.full((1, 2), 66.), 'bias': torch.zeros(1)}, hub_file(torch_home, url))
+    with pytest.raises(CorruptCheckpointError, match='is not the file its name names'):
+        load_checkpoint(model, url)
+
+
+@pytest.mark.parametrize('member', ['../../resnet50-0676ba61.pth', 'resnet50-0676ba61.pth', 'sub/resnet50-0676ba61.pth',
+                                    '/tmp/resnet50-0676ba61.pth', '..\\resnet50-0676ba61.pth'])
+def test_a_legacy_zipped_hub_file_is_never_unpacked_into_the_cache(torch_home, tmp_path, monkeypatch, member):
+    """torch.hub's legacy format (a zip of one file): a member name with path parts is refused, and a plain one
+    is read from the archive, so no download can plant a file under another URL's cache name."""
+    import torch.hub
+    from mmengine.runner import load_checkpoint
+
+    from dcn_plugin.utils import CorruptCheckpointError
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', _no_download)
+    legacy = tmp_path / 'legacy.pth'
+    weights = {'weight': torch.full((1, 2), 66.), 'bias': torch.zeros(1)}
+    torch.save(weights, legacy, _use_new_zipfile_serialization=False)
+    cached = hub_file(torch_home, EVIL_URL)
+    os.makedirs(osp.dirname(cached))
+    with zipfile.ZipFile(cached, 'w') as z:
+        z.writestr(zipfile.ZipInfo(member), legacy.read_bytes())
+    model = nn.Linear(2, 1)
+    if member == 'resnet50-0676ba61.pth':
+        load_checkpoint(model, EVIL_URL)
+        torch.testing.assert_close(model.weight.data, torch.full((1, 2), 66.))
+    else:
+        with pytest.raises(CorruptCheckpointError, match='is not a plain file name') as e:
+            load_checkpoint(model, EVIL_URL)
+        assert repr(member) in str(e.value) and cached in str(e.value)
+    planted = [osp.join(d, f) for d, _, files in os.walk(torch_home) for f in files if f != osp.basename(cached)]
+    assert planted == []
