@@ -5,8 +5,10 @@ import os.path as osp
 
 import pytest
 import torch
+import torchvision  # noqa: F401  (loads torchvision's operators, which mmcv's torchvision-based _ext calls)
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import get_box_tensor
 from mmengine.structures import InstanceData
 from model_test_utils import randomize_  # noqa: F401  (first: skips without mmdet / mmcv.ops)
 
@@ -41,9 +43,10 @@ def _model(mimic: bool = True, seed: int = 0, **head):
     torch.manual_seed(seed)
     model = MODELS.build(_model_cfg(mimic, **head))
     model.init_weights()
+    g = torch.Generator().manual_seed(seed)  # not the global stream, which the samplers draw from
     with torch.no_grad():  # mmdet's init zeroes the last norm of each block and leaves fc_cls / fc_reg
-        for p in model.parameters():  # almost zero: give every parameter some weight
-            p.add_(torch.randn_like(p) * 0.05)
+        for p in model.parameters():  # almost zero: give every parameter some weight (the branch's last)
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return model.train()
 
 
@@ -266,6 +269,234 @@ def test_crops_come_from_their_own_image_inside_its_img_shape():
     assert (crops == 2.0).all(dim=(1, 2, 3)).sum() >= 1 and (crops == 1.0).all(dim=(1, 2, 3)).sum() >= 1
 
 
+def _pipeline_sample(img, boxes, labels, transforms):
+    """One image through mmdet's training transforms (from a BGR uint8 array, as LoadImageFromFile gives)."""
+    import numpy as np
+    from mmdet.datasets.transforms import PackDetInputs
+    from mmdet.structures.bbox import HorizontalBoxes
+    results = dict(img=img, img_shape=img.shape[:2], ori_shape=img.shape[:2], img_id=0, img_path='',
+                   gt_bboxes=HorizontalBoxes(np.asarray(boxes, dtype=np.float32)),
+                   gt_bboxes_labels=np.asarray(labels, dtype=np.int64),
+                   gt_ignore_flags=np.zeros(len(labels), dtype=bool))
+    for t in transforms:
+        results = t(results)
+    return PackDetInputs()(results)
+
+
+def test_crops_are_the_rois_own_pixels_as_the_network_sees_them():
+    # Two BGR images of different sizes, each with a known patch under its ground-truth box, through
+    # mmdet's Resize (2x, nearest: exact pixel copies) and RandomFlip (always), then the detector's data
+    # preprocessor with mmdet's ImageNet mean/std, BGR -> RGB and padding to a multiple of 32. The crop of
+    # each ground-truth box (a positive: ground truths are added as proposals), at the box's own size, must
+    # be the patch as the whole-image pass sees it: resized, flipped, RGB, normalised, from its own image.
+    import numpy as np
+    from mmdet.datasets.transforms import RandomFlip, Resize
+    rng = np.random.default_rng(0)
+    mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+    crop = (16, 20)  # (h, w) of both boxes after the 2x resize
+    cfg = _model_cfg(mimic_num_rois=64, mimic_crop_size=crop, mimic_crop_sampling_ratio=1)
+    cfg.data_preprocessor.update(mean=mean.tolist(), std=std.tolist(), bgr_to_rgb=True, pad_size_divisor=32)
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg).train()
+    transforms = [Resize(scale_factor=2.0, keep_ratio=True, interpolation='nearest'),
+                  RandomFlip(prob=1.0, direction='horizontal')]
+    images, boxes, expected = [], [], []
+    for (h, w), (x1, y1) in (((30, 25), (3, 5)), ((20, 31), (9, 2))):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        box = [x1, y1, x1 + crop[1] // 2, y1 + crop[0] // 2]
+        patch = img[box[1]:box[3], box[0]:box[2]].repeat(2, 0).repeat(2, 1)  # resized
+        patch = patch[:, ::-1, ::-1]  # flipped, then RGB
+        expected.append(torch.from_numpy(((patch - mean) / std).transpose(2, 0, 1).copy()).float())
+        images.append(img)
+        boxes.append(box)
+    data = [_pipeline_sample(img, [box], [1], transforms) for img, box in zip(images, boxes)]
+    batch = model.data_preprocessor(dict(inputs=[d['inputs'] for d in data],
+                                         data_samples=[d['data_samples'] for d in data]), True)
+    assert batch['inputs'].shape[-2:] == (64, 64)  # padded
+    inputs, selected = [], {}
+    extract, select = model.extract_feat, model.roi_head.select_mimic_rois
+    model.extract_feat = lambda x: (inputs.append(x), extract(x))[1]  # the detector hands this to the head
+    model.roi_head.select_mimic_rois = lambda *a: selected.setdefault('out', select(*a))
+    model.loss(batch['inputs'], batch['data_samples'])
+    rois, crops = selected['out'][0], inputs[1]
+    assert crops.shape[1:] == (3, *crop)
+    for i, sample in enumerate(batch['data_samples']):
+        gt = get_box_tensor(sample.gt_instances.bboxes)[0]
+        # the flipped ground truth, in the frame of the resized image
+        h, w = sample.img_shape
+        x1, y1, x2, y2 = boxes[i]
+        assert gt.tolist() == [w - 2 * x2, 2 * y1, w - 2 * x1, 2 * y2]
+        mine = (rois[:, 0] == i) & (rois[:, 1:] == gt).all(1)
+        assert mine.sum() == 1, 'the ground-truth box is among the cropped positives'
+        torch.testing.assert_close(crops[mine][0], expected[i], rtol=0, atol=1e-5)
+        # and it is where the whole-image pass sees it: the batch's own pixels under the box
+        xa, ya, xb, yb = (int(v) for v in gt)
+        torch.testing.assert_close(crops[mine][0], batch['inputs'][i, :, ya:yb, xa:xb], rtol=0, atol=1e-6)
+
+
+def _trunk(model, feats, rois):
+    """The 2fc box head's feature (the input of ``fc_cls``), computed without the branch's hook."""
+    head = model.roi_head
+    x = head.bbox_roi_extractor(feats[:head.bbox_roi_extractor.num_inputs], rois).flatten(1)
+    for fc in head.bbox_head.shared_fcs:
+        x = torch.relu(fc(x))
+    return x
+
+
+def test_mimicked_features_are_the_trunk_outputs_of_the_same_rois_in_both_passes(monkeypatch):
+    # f_FRCNN must be the whole-image trunk's output for the RoI that was cropped, and f_RCNN the same
+    # trunk's output on that RoI's crop, row for row; the labels those of the sampler's assignment
+    import dcn_plugin.models.roi_heads.mimic_roi_head as mimic_module
+    crop = (12, 16)
+    model = _model(mimic_num_rois=6, mimic_crop_size=crop, mimic_crop_sampling_ratio=1,
+                   mimic_positives_only=False)
+    gts = [[4, 4, 20, 16], [30, 40, 46, 52]]
+    props = [[x1 + dx, y1 + dy, x2 + dx, y2 + dy] for x1, y1, x2, y2 in gts for dx, dy in ((1, 0), (0, -1), (2, 1))]
+    props += [[40, 2, 56, 14], [2, 44, 18, 56]]  # negatives, same size
+    images = torch.randn(2, 3, 64, 64)
+    samples = [_sample(gts, [2, 0]), _sample(gts[1:], [1])]
+    seen = {}
+    original_cos = mimic_module.mimic_cosine_loss
+    monkeypatch.setattr(mimic_module, 'mimic_cosine_loss',
+                        lambda a, b, r: seen.setdefault('f', (a, b)) and original_cos(a, b, r))
+    original = model.roi_head.select_mimic_rois
+    model.roi_head.select_mimic_rois = lambda *a: seen.setdefault('sel', (a[0], original(*a)))[1]
+    rec = _Recorder(model)
+    losses = _head_losses(model, images, samples, [_proposals(props), _proposals(props[3:])], rec)
+    f_rcnn, f_frcnn = seen['f']
+    results, (rois, rows, labels) = seen['sel']
+    assert len(rois) == int(losses['mimic_num_rois']) >= 8
+    with torch.no_grad():
+        priors = torch.cat([torch.cat([r.priors.new_full((len(r.priors), 1), i), r.priors], 1)
+                            for i, r in enumerate(results)])
+        ref_frcnn = _trunk(model, rec.outputs[0], priors[rows])
+        slices = torch.stack([images[int(i), :, int(y1):int(y2), int(x1):int(x2)] for i, x1, y1, x2, y2 in rois])
+        assert slices.shape[-2:] == crop  # every box is inside its image and of the crop's size
+        whole = torch.tensor([[k, 0, 0, crop[1], crop[0]] for k in range(len(rois))], dtype=torch.float32)
+        ref_rcnn = _trunk(model, model.extract_feat(slices), whole)
+    torch.testing.assert_close(f_frcnn, ref_frcnn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f_rcnn, ref_rcnn, rtol=1e-4, atol=1e-5)
+    assert f_frcnn.shape[1] == model.roi_head.bbox_head.fc_cls.in_features
+    # labels: the class of the assigned ground truth for positives, C (background, last) for the others
+    for (i, *box), label in zip(rois.tolist(), labels.tolist()):
+        gt = samples[int(i)].gt_instances
+        from mmdet.structures.bbox import bbox_overlaps
+        iou = bbox_overlaps(torch.tensor([box]), gt.bboxes)[0]
+        assert label == (int(gt.labels[iou.argmax()]) if iou.max() >= 0.5 else NUM_CLASSES)
+    assert (labels == NUM_CLASSES).any() and (labels < NUM_CLASSES).any()
+    assert model.roi_head.mimic_cls.out_features == model.roi_head.bbox_head.fc_cls.out_features == NUM_CLASSES + 1
+
+
+def test_the_branch_leaves_the_global_random_stream_alone():
+    # mmdet's samplers draw from torch's global generator: the branch must not move it, or a model with
+    # the branch samples other RoIs than the same model without it, from the same seed
+    images = torch.randn(2, 3, 64, 64)
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+    props = [_proposals([[5, 5, 41, 35], [0, 0, 64, 64]]), _proposals([[11, 19, 49, 61], [30, 30, 60, 60]])]
+    states = {}
+    for mimic in (False, True):
+        model = _model(mimic=mimic, mimic_num_rois=2)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            x = model.extract_feat(images)
+            if mimic:
+                with model.roi_head.mimic_source(images, samples, model.extract_feat):
+                    losses = model.roi_head.loss(x, [p.clone() for p in props], samples)
+                assert losses['mimic_num_rois'] > 0
+            else:
+                model.roi_head.loss(x, [p.clone() for p in props], samples)
+        states[mimic] = torch.get_rng_state()
+    assert torch.equal(states[False], states[True])
+    # the branch's own draws still change from step to step and follow the seed
+    model = _model(mimic_num_rois=1, mimic_positives_only=False)
+    picks = []
+    for seed in (0, 1, 2, 3, 0):
+        torch.manual_seed(seed)
+        with model.roi_head.mimic_source(images, samples, model.extract_feat), torch.no_grad():
+            x = model.extract_feat(images)
+            sel = {}
+            original = model.roi_head.select_mimic_rois
+            model.roi_head.select_mimic_rois = lambda *a: sel.setdefault('out', original(*a))
+            model.roi_head.loss(x, [p.clone() for p in props], samples)
+            del model.roi_head.select_mimic_rois
+        picks.append(sel['out'][0].tolist())
+    assert picks[0] == picks[4]
+    assert len({str(p) for p in picks[:4]}) > 1
+
+
+def _built(mimic: bool, seed: int = 0, **head):
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    torch.manual_seed(seed)
+    model = MODELS.build(_model_cfg(mimic, **head))
+    model.init_weights()
+    return model
+
+
+def test_same_seed_gives_the_same_initial_weights_with_and_without_the_branch():
+    plain = _built(False).state_dict()
+    plain_state = torch.get_rng_state()
+    mimic = _built(True).state_dict()
+    assert set(mimic) - set(plain) == {'roi_head.mimic_cls.weight', 'roi_head.mimic_cls.bias'}
+    for key, value in plain.items():
+        assert torch.equal(value, mimic[key]), key
+    assert torch.equal(torch.get_rng_state(), plain_state)  # training then draws the same numbers
+
+
+def test_with_zero_loss_weights_the_detector_trains_bit_identically_to_the_plain_one():
+    # the strongest check that the branch changes nothing it should not: same seed, same data, the demo's
+    # optimiser (AdamW, gradient clipping); the full detector, so the RPN and R-CNN samplers draw
+    # every step. With both branch losses weighted 0 every shared parameter must match bit for bit.
+    from mmengine.optim import OptimWrapper
+    zero = dict(loss_mimic_weight=0.0, loss_mimic_cls=dict(type='CrossEntropyLoss', loss_weight=0.0))
+    params, logs = {}, {}
+    for mimic in (False, True):
+        model = _model(mimic, seed=3, mimic_num_rois=4, **(zero if mimic else {}))
+        wrapper = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05),
+                               clip_grad=dict(max_norm=10, norm_type=2))
+        data = torch.Generator().manual_seed(0)  # the data's own stream
+        logs[mimic] = []
+        for _ in range(3):
+            images = torch.randn(2, 3, 64, 64, generator=data)
+            samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+            losses = model(images, samples, mode='loss')
+            if mimic:
+                assert losses['mimic_num_rois'] > 0 and losses['loss_mimic'] == 0
+            loss, log_vars = model.parse_losses(losses)
+            wrapper.update_params(loss)
+            logs[mimic].append({k: v for k, v in log_vars.items() if 'mimic' not in k and k != 'loss'})
+        params[mimic] = dict(model.named_parameters())
+    assert logs[False] == logs[True]
+    assert set(params[True]) - set(params[False]) == {'roi_head.mimic_cls.weight', 'roi_head.mimic_cls.bias'}
+    for name, p in params[False].items():
+        assert torch.equal(p, params[True][name]), name
+
+
+def test_gradients_of_each_branch_loss_reach_the_trunk_but_not_the_rpn_or_the_predictors():
+    model = _model(mimic_num_rois=4)
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+    losses = model(torch.randn(2, 3, 64, 64), samples, mode='loss')
+    groups = dict(backbone=model.backbone, neck=model.neck, rpn_head=model.rpn_head,
+                  shared_fcs=model.roi_head.bbox_head.shared_fcs, fc_cls=model.roi_head.bbox_head.fc_cls,
+                  fc_reg=model.roi_head.bbox_head.fc_reg, mimic_cls=model.roi_head.mimic_cls)
+    reached = {}
+    for key in ('loss_mimic', 'loss_mimic_cls'):
+        for group, module in groups.items():
+            ps = [p for p in module.parameters() if p.requires_grad]
+            g = torch.autograd.grad(losses[key], ps, retain_graph=True, allow_unused=True)
+            reached[key, group] = any(t is not None and t.abs().sum() > 0 for t in g)
+    assert reached == {
+        ('loss_mimic', 'backbone'): True, ('loss_mimic', 'neck'): True, ('loss_mimic', 'shared_fcs'): True,
+        ('loss_mimic', 'rpn_head'): False, ('loss_mimic', 'fc_cls'): False, ('loss_mimic', 'fc_reg'): False,
+        ('loss_mimic', 'mimic_cls'): False,
+        ('loss_mimic_cls', 'backbone'): True, ('loss_mimic_cls', 'neck'): True,
+        ('loss_mimic_cls', 'shared_fcs'): True, ('loss_mimic_cls', 'rpn_head'): False,
+        ('loss_mimic_cls', 'fc_cls'): False, ('loss_mimic_cls', 'fc_reg'): False,
+        ('loss_mimic_cls', 'mimic_cls'): True}
+
+
 def test_images_without_positives_add_nothing_and_an_all_negative_batch_gives_zero_losses():
     images = torch.randn(2, 3, 64, 64)
     props = [_proposals([[0, 0, 20, 20], [30, 30, 60, 60]])] * 2
@@ -402,6 +633,10 @@ def test_predictions_are_the_same_with_and_without_the_branch(tmp_path):
     (dict(loss_mimic_weight=-0.1), ValueError, 'loss_mimic_weight'),
     (dict(loss_mimic_weight=float('nan')), ValueError, 'loss_mimic_weight'),
     (dict(loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=True)), ValueError, 'loss_mimic_cls'),
+    (dict(loss_mimic_cls=dict(type='L1Loss')), ValueError, r'loss_mimic_cls must be .*\(K, 4\).*L1Loss fails'),
+    (dict(loss_mimic_cls=dict(type='CrossEntropyLoss', reduction='none')), ValueError,
+     r'loss_mimic_cls .* returned \(2,\)'),
+    (dict(loss_mimic_cls=dict(type='FocalLoss')), ValueError, 'loss_mimic_cls'),
     (dict(bbox_head=dict(type='BBoxHead', with_cls=False, with_avg_pool=True, in_channels=16,
                          roi_feat_size=7, num_classes=NUM_CLASSES)), ValueError, 'fc_cls'),
 ])

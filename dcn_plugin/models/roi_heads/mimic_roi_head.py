@@ -19,6 +19,7 @@ detector's help: :class:`~dcn_plugin.models.roi_heads.MimicFasterRCNN` passes it
 ``extract_feat`` through :meth:`MimicRoIHead.mimic_source` while it computes the losses.
 """
 import contextlib
+import hashlib
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -48,6 +49,44 @@ def _size(value: IntPair, name: str) -> Tuple[int, int]:
     if min(h, w) < 1:
         raise ValueError(f'{name} must be at least 1, got {(h, w)}')
     return h, w
+
+
+def _own_generator(device: torch.device, salt: bytes) -> torch.Generator:
+    """A CPU generator of the branch's own, seeded from the state of ``device``'s global generator and
+    ``salt``, without drawing from it.
+
+    The global stream is what mmdet's samplers and the parameter initialisers draw from: the branch must
+    leave it as it finds it, so that a model with the branch samples the same RoIs and starts from the same
+    weights as the model without it, for the same seed. Seeding from that state keeps the branch's own
+    draws repeatable from the run's seed and exact on resume (the state is checkpointed), and new at every
+    training step (the samplers move the state on).
+    """
+    if device.type == 'cuda':
+        state = torch.cuda.get_rng_state(device)
+    else:
+        state = torch.random.get_rng_state()
+    digest = hashlib.blake2b(state.numpy().tobytes(), digest_size=8, person=b'dcn-mimic', salt=salt).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, 'little') >> 1)
+
+
+def _check_cls_loss(loss: nn.Module, num_classes: int) -> None:
+    """Refuse a ``loss_mimic_cls`` that cannot take ``(K, C + 1)`` logits and ``(K,)`` labels to a scalar."""
+    expected = ('loss_mimic_cls must be a softmax classification loss called as loss(logits, labels) with '
+                f'logits (K, C + 1) = (K, {num_classes + 1}) and labels (K,) in [0, C] (C = background), '
+                "returning a scalar, e.g. dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.1)")
+    if getattr(loss, 'use_sigmoid', False):
+        raise ValueError(f'{expected}; got use_sigmoid=True')
+    logits = torch.zeros(2, num_classes + 1)
+    labels = torch.tensor([0, num_classes])
+    try:
+        with torch.no_grad():
+            out = loss(logits, labels)
+    except Exception as exc:  # noqa: BLE001  (any failure means the config is wrong: say which key)
+        raise ValueError(f'{expected}; {type(loss).__name__} fails on such input with '
+                         f'{type(exc).__name__}: {exc}'.rstrip(': ')) from exc
+    if not isinstance(out, Tensor) or out.dim() != 0 or not torch.isfinite(out):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f'{expected}; {type(loss).__name__} returned {got}')
 
 
 def mimic_cosine_loss(f_rcnn: Tensor, f_frcnn: Tensor, reduction: str = 'mean') -> Tensor:
@@ -130,7 +169,8 @@ class MimicRoIHead(StandardRoIHead):
 
     Args:
         mimic_num_rois: RoIs per image, drawn at random without replacement among the candidates
-            (fewer if there are fewer candidates). Paper: 32.
+            (fewer if there are fewer candidates). Paper: 32. The draws come from a generator of the
+            branch's own, so the global stream that mmdet's samplers draw from is left as it is.
         mimic_crop_size: side (or ``(h, w)``) of the crops, in input pixels. Paper: 224.
         mimic_positives_only: candidates are the positive RoIs of the R-CNN sampler (proposals the
             assigner matched to an object, ground-truth boxes added as proposals included); ``False``
@@ -142,9 +182,12 @@ class MimicRoIHead(StandardRoIHead):
         mimic_crop_sampling_ratio: bilinear samples per crop pixel and axis (see :func:`crop_image_rois`).
         loss_mimic_weight: weight of the mimic loss. Paper: 0.1.
         loss_mimic_cls: config of the classification loss of the crop branch, given ``(K, C + 1)``
-            logits and labels in ``[0, C]`` (``C`` = background). Paper: cross-entropy, weight 0.1.
-        init_cfg: mmengine init config of the head; the default initialises the unshared classifier
-            ``mimic_cls`` as mmdet initialises ``fc_cls`` (normal, std 0.01, zero bias).
+            logits and labels in ``[0, C]`` (``C`` = background), returning a scalar; checked on such an
+            input when the head is built. Paper: cross-entropy, weight 0.1.
+        init_cfg: mmengine init config of the head. ``None`` (default): the unshared classifier
+            ``mimic_cls`` is initialised as mmdet initialises ``fc_cls`` (normal, std 0.01, zero bias) from
+            a generator of its own, so that every other parameter starts as in the model without the
+            branch (same seed, same weights).
 
     The unshared classifier ``mimic_cls`` (``Linear(D, C + 1)``, or the box head's
     ``cls_predictor_cfg``) is the head's only extra parameter: its keys (``roi_head.mimic_cls.*``) are
@@ -178,8 +221,6 @@ class MimicRoIHead(StandardRoIHead):
         if (not isinstance(loss_mimic_weight, (int, float)) or isinstance(loss_mimic_weight, bool)
                 or not loss_mimic_weight >= 0 or loss_mimic_weight == float('inf')):
             raise ValueError(f'loss_mimic_weight must be a finite number >= 0, got {loss_mimic_weight!r}')
-        if init_cfg is None:
-            init_cfg = dict(type='Normal', std=0.01, override=dict(name='mimic_cls'))
         super().__init__(*args, init_cfg=init_cfg, **kwargs)
 
         fc_cls = getattr(self.bbox_head, 'fc_cls', None) if self.with_bbox else None
@@ -195,13 +236,26 @@ class MimicRoIHead(StandardRoIHead):
         self.mimic_crop_sampling_ratio = mimic_crop_sampling_ratio
         self.loss_mimic_weight = float(loss_mimic_weight)
         self.loss_mimic_cls = MODELS.build(loss_mimic_cls)
-        if getattr(self.loss_mimic_cls, 'use_sigmoid', False):
-            raise ValueError('loss_mimic_cls must be a softmax classification loss over C + 1 classes '
-                             '(e.g. CrossEntropyLoss with use_sigmoid=False), got use_sigmoid=True')
+        _check_cls_loss(self.loss_mimic_cls, self.bbox_head.num_classes)
         predictor = dict(getattr(self.bbox_head, 'cls_predictor_cfg', None) or dict(type='Linear'))
         predictor.update(in_features=fc_cls.in_features, out_features=self.bbox_head.num_classes + 1)
-        self.mimic_cls = MODELS.build(predictor)
+        with torch.random.fork_rng(devices=[]):  # its construction-time init must not move the global stream
+            self.mimic_cls = MODELS.build(predictor)
         self._mimic_inputs: Optional[Tuple[Tensor, List[DetDataSample], Callable]] = None
+
+    def init_weights(self) -> None:
+        """The parent's initialisation, then (without an ``init_cfg`` of the head) the unshared classifier
+        as mmdet initialises ``fc_cls``: normal, std 0.01, zero bias, drawn from a generator of its own so
+        that the rest of the model starts from the same weights as without the branch."""
+        super().init_weights()
+        if self.init_cfg is None:
+            generator = _own_generator(torch.device('cpu'), b'init')
+            with torch.no_grad():
+                for p in self.mimic_cls.parameters():
+                    if p.dim() > 1:
+                        p.copy_(torch.randn(p.shape, generator=generator) * 0.01)
+                    else:
+                        p.zero_()
 
     # ------------------------------------------------------------------ detector-facing hook
     @contextlib.contextmanager
@@ -264,12 +318,16 @@ class MimicRoIHead(StandardRoIHead):
         rois, rows, labels = [], [], []
         offset = 0
         num_classes = self.bbox_head.num_classes
+        generator = None
         for i, (res, (h, w)) in enumerate(zip(sampling_results, img_shapes)):
             priors = get_box_tensor(res.priors)
             num_pos = get_box_tensor(res.pos_priors).shape[0]
             num_all = priors.shape[0]
             candidates = num_pos if self.mimic_positives_only else num_all
-            pick = torch.randperm(candidates, device=priors.device)[:self.mimic_num_rois].sort().values
+            if generator is None:
+                generator = _own_generator(priors.device, b'rois')
+            pick = torch.randperm(candidates, generator=generator)[:self.mimic_num_rois].sort().values
+            pick = pick.to(priors.device)
             boxes = priors[pick].detach().clone()
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
