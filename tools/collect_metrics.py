@@ -17,6 +17,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from dcn_plugin.apis.study import DEFAULT_METRICS, format_brief, format_markdown, load_run, summarize_runs  # noqa: E402
 
 
+def _folder_arm(path: str) -> str:
+    """The name of the folder that holds the run's work dir."""
+    work_dir = osp.dirname(path) if path.endswith('.json') else path
+    return osp.basename(osp.dirname(osp.abspath(work_dir)))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Mean and spread of test metrics per config over several runs')
     parser.add_argument('runs', nargs='+', help='work dirs (or their test_metrics.json)')
@@ -24,13 +30,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f'keys of test_metrics.json to summarise (default: {" ".join(DEFAULT_METRICS)})')
     parser.add_argument('--out', help='also write the Markdown tables to this file')
     parser.add_argument('--json', help='also write the runs and the summaries as JSON to this file')
+    parser.add_argument('--arm-from', choices=('config', 'dir'), default='config',
+                        help="what names a run's arm: the config it was tested with (default), or the folder "
+                             'that holds the run folder (OUT/<arm>/seed<S>, as tools/mimic_study.sh lays out '
+                             'its runs and ablations)')
     parser.add_argument('--brief', action='store_true', help='print one line of metrics per run instead of the tables')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    runs = [load_run(path) for path in args.runs]
+    runs = [load_run(path, arm=_folder_arm(path) if args.arm_from == 'dir' else None) for path in args.runs]
     # the brief lines show a metric a run lacks as nan; the statistics need it in every run
     summaries = summarize_runs(runs, args.metrics) if not args.brief or args.json else []
     text = format_brief(runs, args.metrics) if args.brief else format_markdown(summaries, args.metrics)

@@ -11,6 +11,10 @@
 #             learning-rate schedule stays the configs', so short runs say nothing about the study)
 #   --arms    config names under configs/demo/ (default: the plain and the DCNv2 demo models, each
 #             without and with mimicking)
+#   --options extra "key=value ..." config overrides for training and testing (an ablation, e.g.
+#             "model.roi_head.loss_mimic_weight=0.01"); needs --variant
+#   --variant name of the ablation: its runs go to OUT/<config>@<variant>/seed<S>/ and form the arm
+#             <config>@<variant> of the table
 #
 # A finished run (test_metrics.json present) is skipped; an interrupted one continues from its last
 # checkpoint. The table goes to OUT/results.md (tools/collect_metrics.py). Python: $PYTHON, else .venv.
@@ -25,6 +29,8 @@ SEEDS="0 1"
 DATA=data/demo
 OUT=work_dirs/mimic_study
 ITERS=""
+EXTRA=""
+VARIANT=""
 ARMS="faster-rcnn_r18_fpn_gn-all_demo-shapes faster-rcnn_r18_fpn_gn-all_mimic_demo-shapes
 faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mimic_demo-shapes"
 while [ $# -gt 0 ]; do
@@ -34,7 +40,9 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --iters) ITERS="$2"; shift 2 ;;
     --arms) ARMS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --options) EXTRA="$2"; shift 2 ;;
+    --variant) VARIANT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "mimic_study.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +52,12 @@ fi
 for seed in $SEEDS; do
   [[ "$seed" =~ ^[0-9]+$ ]] || { echo "mimic_study.sh: --seeds needs integers >= 0, got '$seed'" >&2; exit 2; }
 done
+if [ -n "$EXTRA" ] && [ -z "$VARIANT" ]; then
+  echo "mimic_study.sh: --options needs --variant NAME (the runs of an ablation need their own folder)" >&2; exit 2
+fi
+if [ -n "$VARIANT" ] && ! [[ "$VARIANT" =~ ^[A-Za-z0-9._-]+$ ]]; then
+  echo "mimic_study.sh: --variant takes letters, digits, '.', '_' and '-', got '$VARIANT'" >&2; exit 2
+fi
 [ -n "$SEEDS" ] && [ -n "$ARMS" ] || { echo "mimic_study.sh: --seeds and --arms must not be empty" >&2; exit 2; }
 for arm in $ARMS; do
   [ -f "configs/demo/$arm.py" ] || { echo "mimic_study.sh: no config configs/demo/$arm.py" >&2; exit 2; }
@@ -52,11 +66,13 @@ done
 "$PY" tools/generate_demo_data.py --out "$DATA" --if-missing
 OPTIONS=("data_root=$DATA")
 [ -z "$ITERS" ] || OPTIONS+=("train_cfg.max_iters=$ITERS")
+# shellcheck disable=SC2206  # word splitting of "key=value ..." is the point
+[ -z "$EXTRA" ] || OPTIONS+=($EXTRA)
 
 RUNS=()
 for arm in $ARMS; do
   for seed in $SEEDS; do
-    WD="$OUT/$arm/seed$seed"
+    WD="$OUT/$arm${VARIANT:+@$VARIANT}/seed$seed"
     RUNS+=("$WD")
     if [ -f "$WD/test_metrics.json" ]; then
       echo "[mimic_study] $arm seed $seed: done ($WD/test_metrics.json)"
@@ -69,5 +85,5 @@ for arm in $ARMS; do
       --cfg-options "${OPTIONS[@]}"
   done
 done
-"$PY" tools/collect_metrics.py "${RUNS[@]}" --out "$OUT/results.md"
+"$PY" tools/collect_metrics.py "${RUNS[@]}" --arm-from dir --out "$OUT/results.md"
 echo "[mimic_study] table: $OUT/results.md"
