@@ -8,7 +8,9 @@ image size: input ``image`` uint8 (N, 3, H, W), the image as the test pipeline r
 file's channel order; outputs the feature maps ``feat_*`` and the RPN's ``rpn_cls_score_*`` /
 ``rpn_bbox_pred_*``. The file is then run in onnxruntime on the check image (the demo data's generator
 renders one when --image is not given) at three batch/image sizes; the largest differences are printed,
-and the exit status is 1 when one exceeds --rtol. The work lives in :mod:`dcn_plugin.deploy.detector`.
+and the exit status is 1 when one exceeds --rtol. The checkpoint must fit the model exactly, as for
+tools/test.py (otherwise the keys that differ are listed and the exit status is 1), unless
+--allow-partial-load is given. The work lives in :mod:`dcn_plugin.deploy.detector`.
 """
 import argparse
 import os.path as osp
@@ -19,6 +21,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
+from dcn_plugin.apis import exit_on_user_error  # noqa: E402
 from dcn_plugin.deploy import DEFAULT_OPSET, check_opset  # noqa: E402
 from dcn_plugin.deploy.detector import export_and_check  # noqa: E402
 
@@ -26,7 +29,10 @@ from dcn_plugin.deploy.detector import export_and_check  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Export a detector to ONNX (DeformConv, opset 19+) and check it')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or URL (https://, torchvision://, open-mmlab://, ...)')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='export even if the checkpoint fits the model only partly (missing, unexpected or '
+                             'mis-shaped keys are then only warned about)')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--image', help='image to check the export on (default: a rendered demo image)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
@@ -50,8 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check = export_and_check(args.config, args.checkpoint, args.out, image=args.image, opset=args.opset,
-                             shape=tuple(args.shape) if args.shape else None, cfg_options=args.cfg_options)
+    with exit_on_user_error('export_onnx.py'):
+        check = export_and_check(args.config, args.checkpoint, args.out, image=args.image, opset=args.opset,
+                                 shape=tuple(args.shape) if args.shape else None, cfg_options=args.cfg_options,
+                                 allow_partial_load=args.allow_partial_load)
     print_log(f'exported {" + ".join(check.exported)} to {check.path} (opset {args.opset}; input image uint8 '
               f'[batch, 3, height, width]; {len(check.output_names)} outputs: {", ".join(check.output_names)})',
               logger='current')

@@ -4,10 +4,11 @@ import os
 import os.path as osp
 import re
 import warnings
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.state_dict import load_model_checkpoint
 from ..visualization.offsets import (
     check_group,
     check_num_layers,
@@ -20,41 +21,6 @@ __all__ = ['visualize_offsets', 'load_model_checkpoint', 'MAX_PANELS']
 
 #: the most positions drawn in one picture (one panel each, side by side)
 MAX_PANELS = 16
-
-
-def load_model_checkpoint(model, checkpoint: str, allow_partial_load: bool = False,
-                          remedy: str = '') -> Any:
-    """Load ``checkpoint`` (a path or any URL scheme; through the restricted loader) into ``model``.
-
-    Args:
-        model: the model (not wrapped).
-        checkpoint: path or URL.
-        allow_partial_load: load the weights that fit and warn about the rest, instead of raising
-            :class:`~dcn_plugin.utils.state_dict.CheckpointMismatchError` when any key is missing,
-            unexpected or mis-shaped.
-        remedy: a sentence appended to that error.
-
-    Returns:
-        The loaded checkpoint.
-    """
-    from mmengine.logging import print_log
-    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
-
-    from ..utils.checkpoint import install_checkpoint_loaders
-    from ..utils.state_dict import check_checkpoint_matches, compare_state_dict, state_dict_of
-    install_checkpoint_loaders()
-    loaded = _load_checkpoint(checkpoint, map_location='cpu')
-    if allow_partial_load:
-        diff = compare_state_dict(model, state_dict_of(loaded))
-        if diff:
-            print_log(f'checkpoint {checkpoint} fits the model only partly; loading the weights that fit:\n'
-                      f'{diff.describe()}', logger='current', level=30)
-    else:
-        check_checkpoint_matches(model, loaded, checkpoint, action='load', remedy=remedy, inference=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # the differences were reported above
-        _load_checkpoint_to_model(model, loaded, strict=False)
-    return loaded
 
 
 def _check_arguments(points: Optional[Sequence[Tuple[float, float]]], num_layers: int, group: int,

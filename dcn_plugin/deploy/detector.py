@@ -109,15 +109,31 @@ class DetectorExportModule(nn.Module):
 
 
 def load_detector(config: str, checkpoint: Optional[str], cfg_options: Optional[Dict[str, Any]] = None,
-                  device: str = 'cpu') -> nn.Module:
+                  device: str = 'cpu', allow_partial_load: bool = False) -> nn.Module:
     """Build the detector of ``config`` and load ``checkpoint`` (None: the config's initialisation)
     with the project's safe loading (``torch.load(weights_only=True)`` plus the allow-list of the
-    types mmengine checkpoints carry). Returns the model in eval mode; ``model.cfg`` is the config."""
+    types mmengine checkpoints carry), requiring it to fit the model exactly as ``tools/test.py`` does
+    (:func:`~dcn_plugin.utils.state_dict.load_model_checkpoint`). Returns the model in eval mode;
+    ``model.cfg`` is the config.
+
+    Raises:
+        dcn_plugin.utils.state_dict.CheckpointMismatchError: the checkpoint has no weights, or keys that
+            are missing, unexpected or mis-shaped (unless ``allow_partial_load``).
+    """
+    import warnings
+
     from mmdet.apis import init_detector
 
     from ..apis.runner import load_config  # also allow-lists the checkpoint types
+    from ..utils.state_dict import load_model_checkpoint
     cfg = load_config(config, cfg_options)
-    return init_detector(cfg, checkpoint, device=device).eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='checkpoint is None')  # the weights are loaded below
+        model = init_detector(cfg, None, device=device)
+    if checkpoint is not None:
+        load_model_checkpoint(model, checkpoint, allow_partial_load,
+                              remedy='To export with the weights that fit anyway, pass --allow-partial-load.')
+    return model.eval()
 
 
 def load_image(model: nn.Module, image: Union[str, np.ndarray]) -> Tensor:
@@ -218,7 +234,7 @@ def _demo_image(seed: int = 0, size: int = 256) -> np.ndarray:
 
 def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Optional[str] = None,
                      opset: int = DEFAULT_OPSET, shape: Optional[Tuple[int, int]] = None,
-                     cfg_options: Optional[Dict[str, Any]] = None) -> ExportCheck:
+                     cfg_options: Optional[Dict[str, Any]] = None, allow_partial_load: bool = False) -> ExportCheck:
     """Load a detector, export it to ``out`` and check the file with onnxruntime against PyTorch.
 
     The graph is exported on the image as the config's test pipeline prepares it (or resized to
@@ -233,8 +249,10 @@ def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Op
         opset: ONNX opset (at least 19).
         shape: ``(H, W)`` of the export example (default: the pipeline's size for the image).
         cfg_options: config overrides.
+        allow_partial_load: export a checkpoint that fits the model only partly (the differences are
+            warned about); by default it must fit exactly (:func:`load_detector`).
     """
-    model = load_detector(config, checkpoint, cfg_options)
+    model = load_detector(config, checkpoint, cfg_options, allow_partial_load=allow_partial_load)
     prepared = load_image(model, image if image is not None else _demo_image())
     example = resize_image(prepared, *shape) if shape is not None else prepared
     module, _ = export_detector(model, example, out, opset=opset)

@@ -8,6 +8,7 @@ message that names a few of each kind and, for the common case of deformable vs 
 convolutions, says so.
 """
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Sequence, Tuple
 
@@ -16,7 +17,7 @@ from torch import nn
 from .checkpoint import CheckpointError
 
 __all__ = ['CheckpointMismatchError', 'StateDictDiff', 'compare_state_dict', 'check_checkpoint_matches',
-           'state_dict_of', 'register_training_only_keys']
+           'state_dict_of', 'register_training_only_keys', 'load_model_checkpoint']
 
 #: mmengine's default ``revise_keys`` (a DataParallel / DDP ``module.`` prefix is stripped)
 DEFAULT_REVISE_KEYS: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
@@ -134,9 +135,54 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Any, source: str, act
     Returns:
         The (empty) differences.
     """
-    diff = compare_state_dict(model, state_dict_of(checkpoint), inference=inference)
+    state = state_dict_of(checkpoint)
+    if not state:
+        raise CheckpointMismatchError(f'cannot {action} checkpoint {source}: it holds no weights (its state dict is '
+                                      'empty)' + (f'\n{remedy}' if remedy else ''))
+    diff = compare_state_dict(model, state, inference=inference)
     if diff:
         raise CheckpointMismatchError(
             f'cannot {action} checkpoint {source}: its weights do not fit the model (the architectures differ)\n'
             f'{diff.describe()}' + (f'\n{remedy}' if remedy else ''))
     return diff
+
+
+def load_model_checkpoint(model, checkpoint: str, allow_partial_load: bool = False,
+                          remedy: str = '') -> Any:
+    """Load ``checkpoint`` (a path or any URL scheme; through the restricted loader) into ``model`` for
+    inference, requiring an exact fit (:func:`check_checkpoint_matches` with ``inference=True``): what
+    ``tools/visualize_offsets.py`` and ``tools/export_onnx.py`` load with. A model with ``dataset_meta``
+    takes the checkpoint's, as mmdet's ``init_detector`` does.
+
+    Args:
+        model: the model (not wrapped).
+        checkpoint: path or URL.
+        allow_partial_load: load the weights that fit and warn about the rest, instead of raising
+            :class:`~dcn_plugin.utils.state_dict.CheckpointMismatchError` when any key is missing,
+            unexpected or mis-shaped.
+        remedy: a sentence appended to that error.
+
+    Returns:
+        The loaded checkpoint.
+    """
+    from mmengine.logging import print_log
+    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+    from .checkpoint import install_checkpoint_loaders
+    install_checkpoint_loaders()
+    loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    if allow_partial_load:
+        diff = compare_state_dict(model, state_dict_of(loaded))
+        if diff:
+            print_log(f'checkpoint {checkpoint} fits the model only partly; loading the weights that fit:\n'
+                      f'{diff.describe()}', logger='current', level=30)
+    else:
+        check_checkpoint_matches(model, loaded, checkpoint, action='load', remedy=remedy, inference=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the differences were reported above
+        _load_checkpoint_to_model(model, loaded, strict=False)
+    meta = loaded.get('meta') if isinstance(loaded, Mapping) else None
+    if isinstance(meta, Mapping) and isinstance(meta.get('dataset_meta'), Mapping) \
+            and hasattr(model, 'dataset_meta'):
+        model.dataset_meta = {k.lower(): v for k, v in meta['dataset_meta'].items()}  # as mmdet's init_detector
+    return loaded

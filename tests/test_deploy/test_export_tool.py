@@ -143,6 +143,54 @@ def test_tool_exit_status_follows_the_check(monkeypatch, capsys):
     assert tool.main([CONFIG, 'ckpt.pth', '--out', 'x.onnx', '--rtol', '1']) == 1
 
 
+@pytest.fixture(scope='module')
+def demo_state():
+    return load_detector(CONFIG, None).state_dict()
+
+
+def _misfit(state, damage):
+    state = dict(state)
+    if damage == 'empty':
+        return {}
+    if damage == 'no-conv_offset':
+        return {k: v for k, v in state.items() if 'conv_offset' not in k}
+    if damage == 'extra-key':
+        return dict(state, **{'backbone.extra.weight': torch.zeros(3)})
+    key = 'backbone.layer2.0.conv1.conv_offset.weight'  # 'mis-shaped'
+    return dict(state, **{key: torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])})
+
+
+_MISFIT_MESSAGES = {
+    'empty': 'it holds no weights',
+    'no-conv_offset': 'missing from the checkpoint: backbone.layer2.0.conv1.conv_offset.weight',
+    'extra-key': 'not in the model: backbone.extra.weight',
+    'mis-shaped': 'have another shape: backbone.layer2.0.conv1.conv_offset.weight'}
+
+
+@pytest.mark.parametrize('damage', list(_MISFIT_MESSAGES))
+def test_tool_refuses_a_checkpoint_that_does_not_fit_the_model(demo_state, tmp_path, capsys, damage):
+    """The same exact-fit rule as tools/test.py: nothing is exported, the keys are named, exit status 1;
+    --allow-partial-load loads what fits (with a warning)."""
+    from dcn_plugin.utils.state_dict import CheckpointMismatchError
+    tool = _tool_module()
+    checkpoint = str(tmp_path / f'{damage}.pth')
+    torch.save({'state_dict': _misfit(demo_state, damage), 'meta': {}}, checkpoint)
+    out = tmp_path / 'x.onnx'
+    with pytest.raises(SystemExit) as e:
+        tool.main([CONFIG, checkpoint, '--out', str(out)])
+    message = str(e.value.code)
+    assert message.startswith(f'export_onnx.py: error: cannot load checkpoint {checkpoint}'), message
+    assert _MISFIT_MESSAGES[damage] in message and '--allow-partial-load' in message, message
+    assert not out.exists() and 'check passed' not in capsys.readouterr().out
+    with pytest.raises(CheckpointMismatchError):
+        load_detector(CONFIG, checkpoint)
+    if damage != 'mis-shaped':  # a mis-shaped tensor cannot be loaded at all
+        model = load_detector(CONFIG, checkpoint, allow_partial_load=True)
+        if damage == 'extra-key':
+            for key, value in model.state_dict().items():
+                torch.testing.assert_close(value, demo_state[key])
+
+
 def test_tool_refuses_an_opset_without_deform_conv_before_loading_anything(capsys):
     tool = _tool_module()
     with pytest.raises(SystemExit):
