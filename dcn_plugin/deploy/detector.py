@@ -18,6 +18,7 @@ its ``pad_size_divisor``). Graph outputs: the neck's feature maps ``feat_{l}``, 
 per level, ``rpn_cls_score_{l}`` and ``rpn_bbox_pred_{l}`` for an RPN (``head_cls_score_{l}`` / ... for
 a one-stage detector).
 """
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -191,12 +192,14 @@ def check_detector_export(module: DetectorExportModule, path: str, images: Seque
     """Compare the exported file with PyTorch on each image batch.
 
     Returns:
-        ``(input shape, the output with the largest relative difference)`` per batch.
+        ``(input shape, the output with the largest relative difference)`` per batch; an output whose
+        difference is NaN (a NaN on one side only) counts as the largest.
     """
     worst = []
     for image in images:
         diffs = compare_with_onnxruntime(path, module, (image,))
-        worst.append((tuple(image.shape), max(diffs, key=lambda d: d.relative)))
+        # NaN compares false with everything, so max(..., key=relative) would pass over it
+        worst.append((tuple(image.shape), max(diffs, key=lambda d: (math.isnan(d.relative), d.relative))))
     return worst
 
 

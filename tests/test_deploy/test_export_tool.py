@@ -143,6 +143,20 @@ def test_tool_exit_status_follows_the_check(monkeypatch, capsys):
     assert tool.main([CONFIG, 'ckpt.pth', '--out', 'x.onnx', '--rtol', '1']) == 1
 
 
+@pytest.mark.parametrize('nan_at', [0, 1, 2])
+def test_the_check_reports_a_nan_difference_as_the_worst(monkeypatch, nan_at):
+    """A NaN difference (NaN on one side only) is the worst output of its batch wherever it comes, and fails."""
+    import dcn_plugin.deploy.detector as detector
+    from dcn_plugin.deploy.detector import check_detector_export
+    diffs = [deploy.OutputDifference(f'feat_{i}', (1,), max_abs=1e-6 * (i + 1), max_ref=1.0) for i in range(3)]
+    diffs[nan_at] = deploy.OutputDifference(f'feat_{nan_at}', (1,), max_abs=float('nan'), max_ref=1.0)
+    monkeypatch.setattr(detector, 'compare_with_onnxruntime', lambda *a, **k: diffs)
+    results = check_detector_export(None, 'x.onnx', [torch.zeros(1, 3, 8, 8, dtype=torch.uint8)])
+    assert results[0][1].name == f'feat_{nan_at}'
+    check = ExportCheck(path='x.onnx', exported=[], left_out=[], output_names=[], image='', results=results)
+    assert np.isnan(check.max_relative)
+
+
 @pytest.fixture(scope='module')
 def demo_state():
     return load_detector(CONFIG, None).state_dict()
