@@ -474,6 +474,34 @@ def test_with_zero_loss_weights_the_detector_trains_bit_identically_to_the_plain
         assert torch.equal(p, params[True][name]), name
 
 
+def test_crops_do_not_enter_the_batchnorm_running_statistics():
+    # BatchNorm in training mode (norm_eval=False): the whole images update the running statistics as in
+    # the model without the branch; the crops, which inference never sees, leave them alone
+    samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]
+    images = torch.randn(2, 3, 64, 64) * 2 + 1
+    stats = {}
+    for mimic in (False, True):
+        cfg = _model_cfg(mimic, mimic_num_rois=4)
+        cfg.backbone.update(norm_eval=False)
+        from mmdet.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+        torch.manual_seed(0)
+        model = MODELS.build(cfg)
+        model.init_weights()
+        model.train()
+        bn = model.backbone.layer3[0].bn1  # (the stem is frozen)
+        assert bn.training and torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        with torch.no_grad():
+            losses = model(images.clone(), samples, mode='loss')
+        if mimic:
+            assert losses['mimic_num_rois'] > 0
+        stats[mimic] = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'batches' in k}
+    assert stats[False] and stats[False].keys() == stats[True].keys()
+    assert stats[False]['backbone.layer3.0.bn1.num_batches_tracked'] == 1
+    for key, value in stats[False].items():
+        assert torch.equal(value, stats[True][key]), key
+
+
 def test_gradients_of_each_branch_loss_reach_the_trunk_but_not_the_rpn_or_the_predictors():
     model = _model(mimic_num_rois=4)
     samples = [_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60], [0, 0, 20, 16]], [0, 2])]

@@ -157,6 +157,31 @@ def _inputs_of(module: nn.Module) -> Iterator[List[Tensor]]:
         handle.remove()
 
 
+@contextlib.contextmanager
+def _running_stats_kept(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Leave the running statistics of the BatchNorm layers in ``modules`` as they were before the block.
+
+    The crops are a second forward of the same layers. In training mode a BatchNorm layer normalises them
+    with their own batch statistics, as it must, but it would also fold those statistics into the running
+    ones that inference uses, and crops are not what the detector sees at inference.
+    """
+    saved = []
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.running_mean is not None:
+                saved.append((m, m.running_mean.clone(), m.running_var.clone(),
+                              None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                if count is not None:
+                    m.num_batches_tracked.copy_(count)
+
+
 @MODELS.register_module()
 class MimicRoIHead(StandardRoIHead):
     """mmdet's :class:`StandardRoIHead` plus DCNv2's R-CNN feature mimicking branch (training only).
@@ -267,7 +292,11 @@ class MimicRoIHead(StandardRoIHead):
             batch_inputs: ``(N, C, H, W)`` input batch, as the detector's ``loss`` receives it (after the
                 data preprocessor: normalised and padded).
             batch_data_samples: the N data samples (``img_shape`` of each image bounds its crops).
-            extract_feat: the detector's ``extract_feat`` (backbone and neck), run on the crops.
+            extract_feat: the detector's ``extract_feat`` (backbone and neck), run on the crops. When it
+                is a bound method of a module (the detector's own), the running statistics of that
+                module's BatchNorm layers in training mode are left as the whole images set them: the
+                crops are normalised with their own batch statistics but do not enter the statistics that
+                inference uses (the head's own layers are kept the same way).
         """
         if batch_inputs.dim() != 4 or batch_inputs.shape[0] != len(batch_data_samples):
             raise ValueError(f'batch_inputs must be (N, C, H, W) with one data sample per image, got shape '
@@ -365,12 +394,13 @@ class MimicRoIHead(StandardRoIHead):
             return dict(loss_mimic=zero, loss_mimic_cls=zero,
                         mimic_num_rois=frcnn_feats.new_zeros((), dtype=torch.float32))
         crops = self._crop(images, rois, img_shapes)
-        crop_feats = extract_feat(crops)
         h, w = self.mimic_crop_size
         whole = torch.tensor([0.0, 0.0, float(w), float(h)], device=rois.device).expand(num_rois, 4)
         crop_rois = torch.cat([torch.arange(num_rois, device=rois.device, dtype=whole.dtype)[:, None], whole], 1)
-        with _inputs_of(self.bbox_head.fc_cls) as seen:
-            self._bbox_forward(crop_feats, crop_rois)
+        owner = getattr(extract_feat, '__self__', None)  # the detector, when given its bound extract_feat
+        with _running_stats_kept([self] + ([owner] if isinstance(owner, nn.Module) else [])), \
+                _inputs_of(self.bbox_head.fc_cls) as seen:
+            self._bbox_forward(extract_feat(crops), crop_rois)
         f_rcnn = self._one_call(seen, num_rois)
         f_frcnn = frcnn_feats[rows]
         target = f_rcnn.detach() if self.mimic_detach_rcnn else f_rcnn
