@@ -14,6 +14,10 @@ The operators are ``torch.ops.dcn_plugin.modulated_deform_conv2d`` (forward) and
 here) and Meta kernels (in C++, with the kernels' validator), so ``torch.compile(fullgraph=True)`` and
 ``torch.library.opcheck`` work. Every rule on the arguments is checked once, by the operator; this
 module only turns Python arguments (ints or pairs) into the operator's.
+
+On CUDA the operators' kernels are registered here: each call runs the Triton kernels
+(:mod:`dcn_plugin.ops.triton`) or the C++ CUDA kernels (the private ops ``_modulated_deform_conv2d_cuda``
+and ``_modulated_deform_conv2d_backward_cuda``), by the rule of :mod:`dcn_plugin.ops.backend`.
 """
 from numbers import Integral
 from typing import Any, Optional, Union
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import _library
+from .backend import cuda_backend_for
 from .pair import IntPair, to_pair
 
 _library.load()
@@ -164,3 +169,35 @@ def refuse_double_backward(backward_op: str, op_name: str) -> None:
 
 
 refuse_double_backward('dcn_plugin::modulated_deform_conv2d_backward', 'modulated_deform_conv2d')
+
+
+# ----------------------------------------------------------------------------- CUDA kernels
+def _cxx_cuda_op(name: str):
+    if not _library.has_cuda_kernels():
+        raise RuntimeError(
+            'dcn_plugin: this call needs the C++ CUDA kernels (float64, torch.use_deterministic_algorithms(True) '
+            "or DCN_PLUGIN_CUDA_BACKEND=cuda choose them; see dcn_plugin.ops.backend), but dcn_plugin._C was built "
+            'without them. Rebuild with FORCE_CUDA=1, or run float16/bfloat16/float32 on the Triton kernels.')
+    return getattr(torch.ops.dcn_plugin, name)
+
+
+@torch.library.impl(_OP, 'CUDA')
+def _forward_cuda(input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
+    if cuda_backend_for(input.dtype) == 'triton':
+        from . import triton as triton_kernels
+        return triton_kernels.forward(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                                      deform_groups)
+    return _cxx_cuda_op('_modulated_deform_conv2d_cuda')(input, offset, mask, weight, bias, stride, padding,
+                                                        dilation, groups, deform_groups)
+
+
+@torch.library.impl('dcn_plugin::modulated_deform_conv2d_backward', 'CUDA')
+def _backward_cuda(grad_output, input, offset, mask, weight, stride, padding, dilation, groups, deform_groups,
+                   output_mask):
+    if cuda_backend_for(input.dtype) == 'triton':
+        from . import triton as triton_kernels
+        return triton_kernels.backward(grad_output, input, offset, mask, weight, stride, padding, dilation, groups,
+                                       deform_groups, output_mask)
+    return _cxx_cuda_op('_modulated_deform_conv2d_backward_cuda')(grad_output, input, offset, mask, weight, stride,
+                                                                 padding, dilation, groups, deform_groups,
+                                                                 output_mask)

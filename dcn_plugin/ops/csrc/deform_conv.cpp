@@ -389,4 +389,31 @@ TORCH_LIBRARY_IMPL(dcn_plugin, Meta, m) {
   m.impl("modulated_deform_conv2d_backward", &backward_meta);
 }
 
+// ----------------------------------------------------------------------------------- the validator as ops
+// For kernels written outside C++ (the Triton kernels): they run the validator through these, on the real
+// tensors, so every backend raises the same errors.
+namespace {
+
+void check_args_op(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                   const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
+  check_conv_args<int64_t>(input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups);
+}
+
+void check_backward_args_op(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+                            const std::optional<at::Tensor>& mask, const at::Tensor& weight, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            int64_t deform_groups) {
+  const auto p = check_conv_args<int64_t>(input, offset, mask, weight, std::nullopt, stride, padding, dilation,
+                                          groups, deform_groups);
+  check_grad_output(grad_output, input, p);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcn_plugin, CompositeExplicitAutograd, m) {
+  m.impl("_check_modulated_deform_conv2d_args", &check_args_op);
+  m.impl("_check_modulated_deform_conv2d_backward_args", &check_backward_args_op);
+}
+
 }  // namespace dcn_plugin

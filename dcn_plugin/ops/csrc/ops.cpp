@@ -5,6 +5,12 @@
 // dcn_plugin::modulated_deform_conv2d_backward  gradients of input, offset, mask, weight, bias
 //                                               (output_mask says which; the others come back empty)
 // Autograd is registered from Python (dcn_plugin/ops/functional.py).
+//
+// On CUDA the convolution's public ops are Python kernels (dcn_plugin/ops/functional.py) that choose the
+// Triton kernels (dcn_plugin/ops/triton) or the C++ CUDA kernels, registered under the private names
+// _modulated_deform_conv2d_cuda / _modulated_deform_conv2d_backward_cuda (same schemas). Both paths
+// validate through _check_modulated_deform_conv2d_args / _check_modulated_deform_conv2d_backward_args:
+// the one validator (deform_conv.cpp), exposed as ops that return nothing.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <Python.h>
@@ -81,6 +87,19 @@ TORCH_LIBRARY(dcn_plugin, m) {
       "modulated_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor? mask, "
       "Tensor weight, int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups, "
       "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_modulated_deform_conv2d_cuda(Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups) -> Tensor");
+  m.def(
+      "_modulated_deform_conv2d_backward_cuda(Tensor grad_output, Tensor input, Tensor offset, Tensor? mask, "
+      "Tensor weight, int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups, "
+      "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_check_modulated_deform_conv2d_args(Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups) -> ()");
+  m.def(
+      "_check_modulated_deform_conv2d_backward_args(Tensor grad_output, Tensor input, Tensor offset, Tensor? mask, "
+      "Tensor weight, int[2] stride, int[2] padding, int[2] dilation, int groups, int deform_groups) -> ()");
   // deformable RoI pooling (deform_roi_pool.cpp); offset None = RoIAlign-style pooling. The backward
   // gives the gradients of input and offset (output_mask says which; the other comes back empty).
   m.def(

@@ -324,9 +324,11 @@ BackwardResult backward_cuda(const at::Tensor& grad_output, const at::Tensor& in
 
 }  // namespace
 
+// Private names: the public ops' CUDA kernels (dcn_plugin/ops/functional.py) call these or the Triton
+// kernels, by one backend rule.
 TORCH_LIBRARY_IMPL(dcn_plugin, CUDA, m) {
-  m.impl("modulated_deform_conv2d", &forward_cuda);
-  m.impl("modulated_deform_conv2d_backward", &backward_cuda);
+  m.impl("_modulated_deform_conv2d_cuda", &forward_cuda);
+  m.impl("_modulated_deform_conv2d_backward_cuda", &backward_cuda);
 }
 
 }  // namespace dcn_plugin
