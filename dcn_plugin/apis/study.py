@@ -14,6 +14,9 @@ without ``.py``), so several seeds of one config form one arm. For each run this
 :func:`summarize_runs` gives per arm the number of runs, the mean, the sample standard deviation (n - 1)
 and the range of each metric; :func:`format_markdown` prints it, :func:`format_brief` prints one line per
 run. ``tools/collect_metrics.py`` is the command line.
+
+:func:`loss_gradient_norms` measures, on one training batch, how large each loss term's gradient is in
+each part of a model (how hard the feature-mimicking losses pull against the detection losses).
 """
 import glob
 import json
@@ -21,9 +24,10 @@ import math
 import os.path as osp
 import statistics
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ['Run', 'ArmSummary', 'load_run', 'summarize_runs', 'format_markdown', 'format_brief', 'DEFAULT_METRICS']
+__all__ = ['Run', 'ArmSummary', 'load_run', 'summarize_runs', 'format_markdown', 'format_brief', 'DEFAULT_METRICS',
+           'loss_gradient_norms']
 
 DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75')
 #: how :func:`format_brief` names the COCO metrics (others: their key without the prefix)
@@ -184,3 +188,38 @@ def format_brief(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRICS) 
         values = [f'{_BRIEF_NAMES.get(m, m.split("/")[-1])} {run.metrics.get(m, math.nan):.3f}' for m in metrics]
         lines.append(f'{run.arm}: ' + '  '.join(values))
     return '\n'.join(lines) + '\n'
+
+
+def loss_gradient_norms(model: Any, data_batch: dict, groups: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
+    """L2 norm of each loss term's gradient over each group of parameters, for one training batch.
+
+    Args:
+        model: an mmdet detector (its mode, train or eval, is used as it is).
+        data_batch: a batch as the training dataloader yields it; the model's data preprocessor runs here.
+        groups: group name -> ``nn.Module`` whose parameters that require a gradient form the group.
+
+    Returns:
+        ``{term: {group: norm}}`` for the terms ``'detection'`` (the sum of every loss whose key holds
+        ``'loss'`` and not ``'mimic'``), each loss key holding ``'mimic'`` and ``'loss'``, and ``'total'``
+        (what training optimises: mmdet's ``parse_losses``). A group no term reaches has norm 0.
+    """
+    import torch
+    data = model.data_preprocessor(data_batch, True)
+    losses = model(**data, mode='loss')
+    total, _ = model.parse_losses(losses)
+
+    def value(v):
+        return v if isinstance(v, torch.Tensor) else sum(v)
+
+    terms = {'detection': sum(value(v) for k, v in losses.items() if 'loss' in k and 'mimic' not in k)}
+    terms.update({k: value(v) for k, v in losses.items() if 'loss' in k and 'mimic' in k})
+    terms['total'] = total
+    params = {g: [p for p in m.parameters() if p.requires_grad] for g, m in groups.items()}
+    flat = [p for ps in params.values() for p in ps]
+    out = {}
+    for name, loss in terms.items():
+        grads = torch.autograd.grad(loss, flat, retain_graph=True, allow_unused=True)
+        by_param = {id(p): g for p, g in zip(flat, grads)}
+        out[name] = {g: math.sqrt(sum(float(by_param[id(p)].double().square().sum()) for p in ps
+                                      if by_param[id(p)] is not None)) for g, ps in params.items()}
+    return out

@@ -1,6 +1,7 @@
 """R-CNN feature mimicking (MimicRoIHead + MimicFasterRCNN): the loss, which RoIs are cropped, where the
 gradients go, images without positives, inference unchanged, checkpoints across configs, autocast, DDP."""
 import copy
+import math
 import os.path as osp
 
 import pytest
@@ -472,6 +473,21 @@ def test_with_zero_loss_weights_the_detector_trains_bit_identically_to_the_plain
     assert set(params[True]) - set(params[False]) == {'roi_head.mimic_cls.weight', 'roi_head.mimic_cls.bias'}
     for name, p in params[False].items():
         assert torch.equal(p, params[True][name]), name
+
+
+def test_loss_gradient_norms_measure_each_term_in_each_part():
+    from dcn_plugin.apis.study import loss_gradient_norms
+    model = _model(mimic_num_rois=4)
+    batch = dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)],
+                 data_samples=[_sample([[4, 4, 40, 36]], [1]), _sample([[10, 20, 50, 60]], [0])])
+    groups = dict(backbone=model.backbone, rpn_head=model.rpn_head, mimic_cls=model.roi_head.mimic_cls)
+    norms = loss_gradient_norms(model, batch, groups)
+    assert set(norms) == {'detection', 'loss_mimic', 'loss_mimic_cls', 'total'}
+    assert norms['loss_mimic']['rpn_head'] == 0 and norms['detection']['mimic_cls'] == 0
+    assert min(norms['detection']['backbone'], norms['loss_mimic']['backbone'], norms['total']['rpn_head']) > 0
+    # the norm of a group that only the detection losses reach is theirs
+    assert math.isclose(norms['total']['rpn_head'], norms['detection']['rpn_head'], rel_tol=1e-6)
+    assert math.isclose(norms['total']['mimic_cls'], norms['loss_mimic_cls']['mimic_cls'], rel_tol=1e-6)
 
 
 def test_crops_do_not_enter_the_batchnorm_running_statistics():
