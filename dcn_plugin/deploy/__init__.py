@@ -18,9 +18,11 @@ from .onnx_export import (
                           TRANSLATED_OPERATORS,
                           UnsupportedOperatorError,
                           check_exportable,
+                          check_onnx_file,
                           check_opset,
                           deform_conv_attributes,
                           export_onnx,
+                          newest_opset,
                           onnx_translation_table,
                           plugin_operators,
                           register_torchscript_symbolics,
@@ -30,6 +32,6 @@ from .runtime import OutputDifference, compare_with_onnxruntime, onnxruntime_ses
 register_torchscript_symbolics()
 
 __all__ = ['MIN_OPSET', 'DEFAULT_OPSET', 'TRANSLATED_OPERATORS', 'UnsupportedOperatorError', 'plugin_operators',
-           'check_opset', 'deform_conv_attributes', 'onnx_translation_table', 'check_exportable', 'export_onnx',
-           'register_torchscript_symbolics', 'onnxruntime_session', 'run_onnxruntime', 'compare_with_onnxruntime',
-           'OutputDifference']
+           'newest_opset', 'check_opset', 'check_onnx_file', 'deform_conv_attributes', 'onnx_translation_table',
+           'check_exportable', 'export_onnx', 'register_torchscript_symbolics', 'onnxruntime_session',
+           'run_onnxruntime', 'compare_with_onnxruntime', 'OutputDifference']

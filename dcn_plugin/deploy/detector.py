@@ -26,13 +26,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .onnx_export import DEFAULT_OPSET, export_onnx
+from .onnx_export import DEFAULT_OPSET, export_onnx, publish_onnx, staged_onnx_path
 from .runtime import OutputDifference, compare_with_onnxruntime
 
 __all__ = ['DetectorExportModule', 'load_detector', 'load_image', 'resize_image', 'export_detector',
            'check_detector_export', 'detections_from_outputs', 'export_and_check', 'ExportCheck',
-           'DYNAMIC_IMAGE_AXES']
+           'DYNAMIC_IMAGE_AXES', 'DEFAULT_RTOL', 'MIN_EXPORT_SIZE', 'check_export_size']
 
+#: The largest accepted difference between onnxruntime and PyTorch, relative to an output's largest value,
+#: by default.
+DEFAULT_RTOL = 1e-4
+#: The smallest height / width of the export example: torch.export refuses an example size of 0 or 1 on a
+#: dynamic axis (it would specialise the graph to that size).
+MIN_EXPORT_SIZE = 2
 #: The dynamic axes of the exported detector's input.
 DYNAMIC_IMAGE_AXES = {'image': {0: 'batch', 2: 'height', 3: 'width'}}
 
@@ -162,6 +168,16 @@ def resize_image(image: Tensor, height: int, width: int) -> Tensor:
     return resized.round().clamp(0, 255).to(image.dtype)
 
 
+def check_export_size(shape: Any, arg: str = 'shape') -> Tuple[int, int]:
+    """``(H, W)`` of an export example if both are ints of at least :data:`MIN_EXPORT_SIZE`, else a
+    ValueError naming ``arg``."""
+    values = tuple(shape) if isinstance(shape, (tuple, list)) else ()
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < MIN_EXPORT_SIZE for v in values):
+        raise ValueError(f'{arg} must be two ints H W, each at least {MIN_EXPORT_SIZE} (torch.export needs example '
+                         f'sizes of at least {MIN_EXPORT_SIZE} on the dynamic image axes), got {shape!r}')
+    return values
+
+
 def export_detector(model: nn.Module, image: Tensor, path: str, opset: int = DEFAULT_OPSET,
                     verbose: Optional[bool] = None) -> Tuple[DetectorExportModule, 'torch.onnx.ONNXProgram']:
     """Export ``model``'s backbone, neck and dense head (with its preprocessing) to ``path``.
@@ -214,6 +230,7 @@ class ExportCheck:
         output_names: the graph's outputs, in order.
         image: where the check image came from.
         results: ``(input shape, worst output)`` per checked batch (see :func:`check_detector_export`).
+        rtol: the largest accepted relative difference.
     """
 
     path: str
@@ -222,6 +239,13 @@ class ExportCheck:
     output_names: List[str]
     image: str
     results: List[Tuple[Tuple[int, ...], OutputDifference]] = field(default_factory=list)
+    rtol: float = DEFAULT_RTOL
+
+    @property
+    def passed(self) -> bool:
+        """Whether every output is within ``rtol`` (False when a difference is NaN); only then is the
+        file written to :attr:`path`."""
+        return self.max_relative <= self.rtol
 
     @property
     def max_relative(self) -> float:
@@ -237,8 +261,11 @@ def _demo_image(seed: int = 0, size: int = 256) -> np.ndarray:
 
 def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Optional[str] = None,
                      opset: int = DEFAULT_OPSET, shape: Optional[Tuple[int, int]] = None,
-                     cfg_options: Optional[Dict[str, Any]] = None, allow_partial_load: bool = False) -> ExportCheck:
-    """Load a detector, export it to ``out`` and check the file with onnxruntime against PyTorch.
+                     cfg_options: Optional[Dict[str, Any]] = None, allow_partial_load: bool = False,
+                     rtol: float = DEFAULT_RTOL) -> ExportCheck:
+    """Load a detector, export it, check the file with onnxruntime against PyTorch and write it to ``out``
+    if the check passes (the file is made and checked under a temporary name beside ``out``; a file that
+    fails stays away from ``out``).
 
     The graph is exported on the image as the config's test pipeline prepares it (or resized to
     ``shape``), with a batch of two, then compared on three batches: the export batch, the pipeline's
@@ -254,11 +281,26 @@ def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Op
         cfg_options: config overrides.
         allow_partial_load: export a checkpoint that fits the model only partly (the differences are
             warned about); by default it must fit exactly (:func:`load_detector`).
+        rtol: the largest accepted difference relative to an output's largest value, a finite number >= 0.
     """
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < math.inf:
+        raise ValueError(f'rtol (--rtol) must be a finite number >= 0, got {rtol!r}')
+    if shape is not None:
+        check_export_size(shape, 'shape (--shape)')
     model = load_detector(config, checkpoint, cfg_options, allow_partial_load=allow_partial_load)
     prepared = load_image(model, image if image is not None else _demo_image())
     example = resize_image(prepared, *shape) if shape is not None else prepared
-    module, _ = export_detector(model, example, out, opset=opset)
+    with staged_onnx_path(out) as staged:
+        check = _export_and_check_at(model, prepared, example, staged, image, opset, rtol)
+        if check.passed:
+            publish_onnx(staged, out)
+    check.path = out
+    return check
+
+
+def _export_and_check_at(model: nn.Module, prepared: Tensor, example: Tensor, path: str, image: Optional[str],
+                         opset: int, rtol: float) -> ExportCheck:
+    module, _ = export_detector(model, example, path, opset=opset)
     h, w = prepared.shape[-2:]
     batches = [torch.cat([example, example.flip(-1)]), prepared,
                resize_image(prepared, max(1, round(h * 0.75)), max(1, round(w * 1.25)))]
@@ -269,9 +311,9 @@ def export_and_check(config: str, checkpoint: Optional[str], out: str, image: Op
         exported.append(head)
         left_out.append(f'{head} post-processing')
     left_out += [name for name in ('roi_head',) if getattr(model, name, None) is not None]
-    return ExportCheck(path=out, exported=exported, left_out=left_out, output_names=module.output_names(prepared),
+    return ExportCheck(path=path, exported=exported, left_out=left_out, output_names=module.output_names(prepared),
                        image=image if image is not None else 'a rendered demo image (seed 0)',
-                       results=check_detector_export(module, out, batches))
+                       results=check_detector_export(module, path, batches), rtol=rtol)
 
 
 def detections_from_outputs(module: DetectorExportModule, outputs: Sequence[Any], image_shape: Tuple[int, int],

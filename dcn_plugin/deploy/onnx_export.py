@@ -21,6 +21,10 @@ exporters, rather than exported to a graph no runtime can run.
 """
 import contextlib
 import importlib
+import os
+import os.path as osp
+import re
+import tempfile
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -31,8 +35,8 @@ from torch.onnx import symbolic_helper
 from .. import ops as _ops  # noqa: F401  (loads the operator library: torch.ops.dcn_plugin.*)
 
 __all__ = ['MIN_OPSET', 'DEFAULT_OPSET', 'TRANSLATED_OPERATORS', 'UnsupportedOperatorError', 'plugin_operators',
-           'check_opset', 'deform_conv_attributes', 'onnx_translation_table', 'check_exportable', 'export_onnx',
-           'register_torchscript_symbolics']
+           'newest_opset', 'check_opset', 'deform_conv_attributes', 'onnx_translation_table', 'check_exportable',
+           'export_onnx', 'check_onnx_file', 'staged_onnx_path', 'publish_onnx', 'register_torchscript_symbolics']
 
 #: ``DeformConv`` entered the standard operator set in opset 19.
 MIN_OPSET = 19
@@ -75,13 +79,43 @@ def _require(module: str, purpose: str) -> Any:
         raise ImportError(f'{purpose} needs the {module!r} package: {_INSTALL_HINT}') from e
 
 
-def check_opset(opset: Any, arg: str = 'opset') -> int:
-    """``opset`` if it is an int of at least :data:`MIN_OPSET`, else a TypeError / ValueError naming ``arg``."""
+def newest_opset() -> int:
+    """The newest opset the installed onnx and onnxscript export to, as they report it.
+
+    torch's exporter builds its graph at its own opset and converts it to the requested one with
+    onnxscript's version converter; above that converter's range it falls back to onnx's C converter and,
+    when that fails, leaves the graph at torch's opset, which has no ``DeformConv``. So the bound is the
+    smaller of onnx's newest opset (``onnx.defs.onnx_opset_version()``) and the newest opset
+    onnxscript's version converter supports (the newest ``onnxscript.onnx_opset`` module where the
+    converter does not say).
+    """
+    onnx = _require('onnx', 'exporting to ONNX')
+    onnxscript = _require('onnxscript', 'exporting to ONNX')
+    bounds = [int(onnx.defs.onnx_opset_version())]
+    try:
+        from onnxscript.version_converter import _version_converter
+        bounds.append(int(_version_converter.SUPPORTED_MAX_ONNX_OPSET))
+    except (ImportError, AttributeError):  # pragma: no cover - other onnxscript layouts
+        import onnxscript.onnx_opset
+        bounds.append(max(int(n[len('opset'):]) for n in dir(onnxscript.onnx_opset) if re.fullmatch(r'opset\d+', n)))
+    del onnxscript
+    return min(bounds)
+
+
+def check_opset(opset: Any, arg: str = 'opset', upper: bool = True) -> int:
+    """``opset`` if it is an int from :data:`MIN_OPSET` to :func:`newest_opset`, else a TypeError /
+    ValueError naming ``arg``. ``upper=False`` checks the lower bound only (the TorchScript exporter,
+    which bounds the opset itself and needs neither onnx nor onnxscript)."""
     if isinstance(opset, bool) or not isinstance(opset, int):
         raise TypeError(f'{arg} must be an int, got {opset!r}')
     if opset < MIN_OPSET:
         raise ValueError(f'{arg} must be at least {MIN_OPSET} (ONNX DeformConv, which {_CONV} exports to, '
                          f'exists since opset {MIN_OPSET}), got {opset}')
+    if upper:
+        newest = newest_opset()
+        if opset > newest:
+            raise ValueError(f'{arg} must be at most {newest}, the newest opset the installed onnx and onnxscript '
+                             f'export to (a newer one needs newer onnx / onnxscript packages), got {opset}')
     return opset
 
 
@@ -238,14 +272,15 @@ def export_onnx(model: nn.Module, args: Sequence[Any], path: Optional[str] = Non
         model: the module to export (or a ``torch.export.ExportedProgram``).
         args: example positional inputs, e.g. ``(torch.randn(2, 3, 224, 224),)``.
         path: where to write the ``.onnx`` file (weights inside it unless they exceed 2 GB); None
-            writes nothing (use the returned program's ``save``).
+            writes nothing (use the returned program's ``save``). The file is written beside it under a
+            temporary name, checked (:func:`check_onnx_file`) and only then renamed to ``path``.
         kwargs: example keyword inputs.
         dynamic_shapes: dynamic axes in ``torch.export``'s format, by argument name or position;
             strings name an axis, e.g. ``{'x': {0: 'batch', 2: 'height', 3: 'width'}}`` (axes with the
             same name have the same size; ``torch.export.Dim`` objects work as well). torch.export
             refuses an axis the model's code fixes to one size, and example sizes of 0 or 1 on a
             dynamic axis: use at least 2.
-        opset: target ONNX opset, at least :data:`MIN_OPSET` (19).
+        opset: target ONNX opset, from :data:`MIN_OPSET` (19) to :func:`newest_opset`.
         input_names, output_names: names of the graph's inputs and outputs (in order).
         optimize: run onnxscript's graph optimiser (constant folding, dead code removal).
         verbose: torch's progress messages (None: its default, some; False: none).
@@ -256,7 +291,9 @@ def export_onnx(model: nn.Module, args: Sequence[Any], path: Optional[str] = Non
 
     Raises:
         UnsupportedOperatorError: the model calls a ``dcn_plugin`` operator without ONNX equivalent.
-        ValueError / TypeError: ``opset`` is not an int >= 19.
+        ValueError / TypeError: ``opset`` is not an int from 19 to :func:`newest_opset`.
+        torch.onnx.errors.OnnxExporterError: the written graph does not declare ``opset`` or fails
+            ``onnx.checker`` (:func:`check_onnx_file`); nothing is left at ``path`` then.
         ImportError: onnx / onnxscript are not installed.
     """
     table = onnx_translation_table(opset)
@@ -281,8 +318,48 @@ def export_onnx(model: nn.Module, args: Sequence[Any], path: Optional[str] = Non
                                          output_names=output_names, optimize=optimize, verbose=verbose,
                                          dynamic_shapes=dynamic_shapes)
     if path is not None:
-        onnx_program.save(path)
+        with staged_onnx_path(path) as staged:
+            onnx_program.save(staged)
+            check_onnx_file(staged, opset)
+            publish_onnx(staged, path)
     return onnx_program
+
+
+def check_onnx_file(path: str, opset: int) -> None:
+    """Raise ``torch.onnx.errors.OnnxExporterError`` unless the ONNX file at ``path`` declares ``opset``
+    for the standard domain and passes ``onnx.checker`` (every operator exists at that opset)."""
+    onnx = _require('onnx', 'checking an ONNX file')
+    model = onnx.load(path, load_external_data=False)
+    declared = {o.domain: o.version for o in model.opset_import}.get('', None)
+    if declared != opset:
+        raise torch.onnx.errors.OnnxExporterError(
+            f'the exported graph declares opset {declared}, not the requested {opset}: torch could not convert '
+            f'its graph to opset {opset}; choose an opset from {MIN_OPSET} to {newest_opset()}')
+    try:
+        onnx.checker.check_model(path)
+    except onnx.checker.ValidationError as e:
+        raise torch.onnx.errors.OnnxExporterError(
+            f'the graph exported at opset {opset} is not valid ONNX: {str(e).splitlines()[0]}') from e
+
+
+@contextlib.contextmanager
+def staged_onnx_path(path: str) -> Iterator[str]:
+    """A path with ``path``'s file name in a temporary folder beside it (removed on exit, with whatever is
+    left in it): write and check the file there, then :func:`publish_onnx` it, so that a file that
+    failed its checks never stands under the requested name."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f'.{osp.basename(path)}.', suffix='.partial', dir=folder) as tmp:
+        yield osp.join(tmp, osp.basename(path))
+
+
+def publish_onnx(staged: str, path: str) -> None:
+    """Move the ONNX file written at ``staged`` (a :func:`staged_onnx_path`), with the external-data
+    files written next to it, to ``path`` (its data files first, the model last)."""
+    folder, name = osp.split(staged)
+    target = osp.dirname(osp.abspath(path))
+    for entry in sorted(os.listdir(folder), key=lambda n: n == name):
+        os.replace(osp.join(folder, entry), osp.join(target, osp.basename(path) if entry == name else entry))
 
 
 # ----------------------------------------------------------------------------- TorchScript exporter
@@ -299,7 +376,7 @@ def _missing_input(g: Any) -> Any:
 def _torchscript_deform_conv(g: Any, input: Any, offset: Any, mask: Any, weight: Any, bias: Any,
                              stride: List[int], padding: List[int], dilation: List[int], groups: int,
                              deform_groups: int) -> Any:
-    check_opset(g.opset, 'opset_version')
+    check_opset(g.opset, 'opset_version', upper=False)  # torch's TorchScript exporter bounds it above
     inputs = [input, weight, offset]
     if not _is_none(mask):
         inputs += [_missing_input(g) if _is_none(bias) else bias, mask]

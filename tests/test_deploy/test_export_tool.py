@@ -2,6 +2,7 @@
 and the library pieces under it: the in-graph preprocessing equals mmdet's, the exported outputs finish
 into mmdet's own detections, the tool's exit status follows its check."""
 import importlib.util
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -205,11 +206,50 @@ def test_tool_refuses_a_checkpoint_that_does_not_fit_the_model(demo_state, tmp_p
                 torch.testing.assert_close(value, demo_state[key])
 
 
-def test_tool_refuses_an_opset_without_deform_conv_before_loading_anything(capsys):
+@pytest.mark.parametrize('args,message', [
+    (['--opset', '18'], '--opset must be at least 19'),
+    (['--opset', '1000000'], '--opset must be at most {newest}, the newest opset the installed onnx and onnxscript'),
+    (['--rtol', '-1'], "--rtol: must be a finite number >= 0, got '-1'"),
+    (['--rtol', 'nan'], "--rtol: must be a finite number >= 0, got 'nan'"),
+    (['--rtol', 'inf'], "--rtol: must be a finite number >= 0, got 'inf'"),
+    (['--shape', '1', '1'], '--shape must be two ints H W, each at least 2'),
+    (['--shape', '96', '0'], '--shape must be two ints H W, each at least 2'),
+])
+def test_tool_refuses_bad_arguments_before_loading_anything(capsys, args, message):
     tool = _tool_module()
     with pytest.raises(SystemExit):
-        tool.parse_args([CONFIG, 'missing.pth', '--out', 'x.onnx', '--opset', '18'])
-    assert '--opset must be at least 19' in capsys.readouterr().err
+        tool.parse_args([CONFIG, 'missing.pth', '--out', 'x.onnx'] + args)
+    assert message.format(newest=deploy.newest_opset()) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('passes', [True, False])
+def test_the_file_is_written_only_when_the_check_passes(tmp_path, monkeypatch, passes):
+    """export_and_check makes and checks the file under a temporary name beside --out and renames it only when
+    every output is within rtol: a file that failed its check is never left under the requested name."""
+    import dcn_plugin.deploy.detector as detector
+    staged = []
+
+    def fake_export(model, image, path, opset=deploy.DEFAULT_OPSET, verbose=None):
+        staged.append(path)
+        with open(path, 'w') as f:
+            f.write('graph')
+        return DetectorExportModule(model).eval(), None
+
+    worst = 1e-6 if passes else float('nan')
+    monkeypatch.setattr(detector, 'export_detector', fake_export)
+    monkeypatch.setattr(detector, 'check_detector_export', lambda module, path, images: [
+        ((1, 3, 8, 8), deploy.OutputDifference('feat_0', (1,), max_abs=worst, max_ref=1.0))])
+    out = tmp_path / 'out' / 'detector.onnx'
+    check = detector.export_and_check(CONFIG, None, str(out), shape=(32, 32))
+    assert check.path == str(out) and check.passed is passes
+    assert len(staged) == 1 and staged[0] != str(out)
+    assert os.listdir(out.parent) == (['detector.onnx'] if passes else [])
+    if passes:
+        assert out.read_text() == 'graph'
+    with pytest.raises(ValueError, match=r'rtol \(--rtol\) must be a finite number >= 0, got -1'):
+        detector.export_and_check(CONFIG, None, str(out), rtol=-1)
+    with pytest.raises(ValueError, match=r'shape \(--shape\) must be two ints H W, each at least 2'):
+        detector.export_and_check(CONFIG, None, str(out), shape=(1, 1))
 
 
 def test_one_stage_detectors_export_their_box_head_outputs():

@@ -1,6 +1,8 @@
 """ONNX export of the deformable convolution to the standard ``DeformConv`` (opset 19+), through both of
 torch's exporters, checked in onnxruntime and against ONNX's reference implementation; refusal of the
 operators that have no ONNX equivalent."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +214,59 @@ def test_opsets_below_19_are_refused_with_a_message_naming_deform_conv(tmp_path)
     with pytest.raises(ValueError, match=r'opset_version must be at least 19 .*got 17'):
         export_torchscript(model, _external_inputs(2, 7, 8, 0), str(tmp_path / 'b.onnx'), ['x', 'offset', 'mask'],
                            EXTERNAL_AXES, opset=17)
+
+
+def test_opsets_newer_than_the_installed_onnx_and_onnxscript_export_to_are_refused(tmp_path):
+    """The upper bound is read from the installed packages: the newest opset exports and onnxruntime runs the
+    file; one above it (or a million) is refused before anything is written."""
+    import onnx
+    import onnxruntime
+    newest = deploy.newest_opset()
+    assert deploy.MIN_OPSET <= newest <= onnx.defs.onnx_opset_version()
+    model = ExternalOffsets(True).eval()
+    inputs = _external_inputs(2, 7, 8, 0)
+    path = tmp_path / 'newest.onnx'
+    deploy.export_onnx(model, inputs, str(path), opset=newest, verbose=False)
+    assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[''] == newest
+    onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for opset in (newest + 1, 10 ** 6):
+        with pytest.raises(ValueError, match=rf'opset must be at most {newest}, the newest opset the installed onnx '
+                                             rf'and onnxscript export to .*got {opset}'):
+            deploy.export_onnx(model, inputs, str(tmp_path / f'{opset}.onnx'), opset=opset, verbose=False)
+    assert sorted(os.listdir(tmp_path)) == ['newest.onnx']
+
+
+def test_a_file_that_fails_its_check_is_never_left_under_the_requested_name(tmp_path, monkeypatch):
+    """The file is written under a temporary name, checked (declared opset, onnx.checker) and only then renamed;
+    a failed check leaves neither the file nor the temporary."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import dcn_plugin.deploy.onnx_export as onnx_export
+    # a graph that says opset 18, where DeformConv does not exist: what torch leaves when it cannot convert
+    x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 1, 4, 4])
+    node = helper.make_node('DeformConv', ['x', 'w', 'offset'], ['y'])
+    bad = tmp_path / 'opset18.onnx'
+    onnx.save(helper.make_model(helper.make_graph([node], 'g', [x], [y]), opset_imports=[helper.make_opsetid('', 18)]),
+              str(bad))
+    with pytest.raises(torch.onnx.errors.OnnxExporterError, match='declares opset 18, not the requested 19'):
+        deploy.check_onnx_file(str(bad), 19)
+    with pytest.raises(torch.onnx.errors.OnnxExporterError, match='is not valid ONNX'):
+        deploy.check_onnx_file(str(bad), 18)
+    # export_onnx with a failing check: nothing at the path, no temporary left
+    calls = []
+
+    def failing_check(path, opset):
+        calls.append((path, opset))
+        raise torch.onnx.errors.OnnxExporterError('simulated failure')
+
+    monkeypatch.setattr(onnx_export, 'check_onnx_file', failing_check)
+    out = tmp_path / 'out' / 'model.onnx'
+    with pytest.raises(torch.onnx.errors.OnnxExporterError, match='simulated failure'):
+        deploy.export_onnx(ExternalOffsets(True).eval(), _external_inputs(2, 7, 8, 0), str(out), verbose=False)
+    assert len(calls) == 1 and calls[0][0] != str(out) and calls[0][1] == deploy.DEFAULT_OPSET
+    assert os.listdir(out.parent) == []
 
 
 # ----------------------------------------------------------------------------- refusals
