@@ -1,4 +1,4 @@
-"""tools/benchmark.py (op and model modes) and its former name tools/benchmark_op.py, on tiny cases: one
+"""tools/benchmark.py (op and model modes), on tiny cases: one
 thread, a few hundredths of a second of timing per implementation, no GPU needed."""
 import argparse
 import importlib.util
@@ -189,13 +189,6 @@ def test_cuda_precision_flags_set_tf32_only_when_asked_and_are_restored():
     assert (matmul.fp32_precision, cudnn.conv.fp32_precision) == ('ieee', 'ieee')
     tool.set_flags(saved)
     assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == before
-
-
-def test_former_name_runs_the_op_mode_with_the_same_arguments(tmp_path, capsys):
-    rc = _load('benchmark_op.py').main(['--shapes', 'tiny', '--impls', 'ours', 'conv2d', *FAST, '--tag', 't',
-                                        '--out-dir', str(tmp_path)])
-    assert rc == 0 and _outputs(tmp_path, 'op_benchmark_cpu_float32_t')
-    assert '## Time (ms, median): fwd / fwd+bwd' in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not HAS_MMCV, reason='mmcv is not installed')

@@ -103,12 +103,6 @@ def test_collect_metrics_brief_prints_one_line_per_run(tmp_path):
     assert proc.stdout == 'dcn: bbox mAP 0.300  segm_mAP nan\n'
 
 
-def test_the_study_module_keeps_its_former_import_path():
-    import dcn_plugin.apis.study as study
-    import dcn_plugin.study as former
-    assert all(getattr(former, name) is getattr(study, name) for name in former.__all__)
-
-
 def test_study_script_is_valid_bash_and_checks_its_arguments():
     script = osp.join(ROOT, 'tools', 'mimic_study.sh')
     subprocess.run(['bash', '-n', script], check=True)

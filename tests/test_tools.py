@@ -245,12 +245,6 @@ def test_save_metrics_writes_json(tmp_path):
     assert rec == {'checkpoint': 'c.pth', 'config': None, 'metrics': {'coco/bbox_mAP': 0.5, 'n': 3}}
 
 
-def test_the_visualisation_maths_keeps_its_former_import_path():
-    import dcn_plugin.apis.offsets as former
-    import dcn_plugin.visualization as visualization
-    assert all(getattr(former, name) is getattr(visualization, name) for name in former.__all__)
-
-
 def test_the_offset_recorder_uses_the_layers_own_offset_and_mask_split():
     """What is drawn is what the layer samples with: the module's ``offset_and_mask``."""
     from dcn_plugin.ops import DeformConv2dPack, ModulatedDeformConv2dPack
