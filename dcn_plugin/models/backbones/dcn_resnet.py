@@ -21,79 +21,11 @@ from ..layers.norm import check_norm_cfg
 _DEFAULT_DCN: ConfigType = dict(type='MDConv', deform_groups=1, fallback_on_stride=False)
 
 
-# Where mmdet's ResNet raises KeyError or AssertionError for a bad argument, ours raise an exception
-# that is also of that type (code written against mmdet catches it) and still a ValueError / TypeError
-# with a message that names the argument.
-class _UnquotedKeyError(KeyError):
-    __str__ = BaseException.__str__  # KeyError's would print the message quoted
-
-
-class UnknownDepthError(ValueError, _UnquotedKeyError):
-    """``depth`` has no architecture: a ValueError, and a KeyError as in mmdet's ResNet."""
-
-
-class UnknownLayerTypeError(ValueError, _UnquotedKeyError):
-    """A ``dcn`` / ``norm_cfg`` type that is not registered: a ValueError, and a KeyError as mmcv's layer
-    builders raise in mmdet's ResNet."""
-
-
-class LayerTypeMissingError(TypeError, _UnquotedKeyError):
-    """A norm config without ``'type'``: a TypeError, and a KeyError as mmcv's ``build_norm_layer`` raises."""
-
-
-class BackboneArgumentError(ValueError, AssertionError):
-    """A bad backbone argument value: a ValueError, and an AssertionError as in mmdet's ResNet."""
-
-
-class BackboneArgumentTypeError(TypeError, AssertionError):
-    """A backbone argument of the wrong type: a TypeError, and an AssertionError as in mmdet's ResNet."""
-
-
-def _unregistered(name: Any) -> bool:
-    """Whether mmcv's layer builders would find no layer of this name (they raise KeyError then)."""
-    if not isinstance(name, str):
-        return False
-    from mmengine.registry import MODELS
-    with MODELS.switch_scope_and_registry(None) as registry:
-        return registry.get(name) is None
-
-
-def _layer_cfg_error(error: Exception, cfg: Any) -> Exception:
-    """``error`` (from our check of a layer config), as the type mmdet's ResNet would raise for ``cfg``."""
-    if isinstance(cfg, dict) and isinstance(error, TypeError) and 'type' not in cfg:
-        return LayerTypeMissingError(str(error))
-    if isinstance(cfg, dict) and isinstance(error, ValueError) and _unregistered(cfg.get('type')):
-        return UnknownLayerTypeError(str(error))
-    return error
-
-
-def _check_norm(cfg: OptConfigType, arg: str, allow_none: bool = False) -> None:
-    try:
-        check_norm_cfg(cfg, arg, allow_none=allow_none)
-    except (TypeError, ValueError) as e:
-        compatible = _layer_cfg_error(e, cfg)
-        if compatible is e:
-            raise
-        raise compatible from None
-
-
-def _resolve_dcn(dcn: OptConfigType) -> OptConfigType:
-    try:
-        return resolve_dcn_cfg(dcn, 'dcn')
-    except TypeError as e:  # dcn is not a dict: mmdet asserts isinstance(dcn, dict)
-        raise BackboneArgumentTypeError(str(e)) from None
-    except ValueError as e:
-        compatible = _layer_cfg_error(e, dcn)
-        if compatible is e:
-            raise
-        raise compatible from None
-
-
 def _check_block_dcn(dcn: OptConfigType, conv_cfg: OptConfigType) -> OptConfigType:
-    dcn = _resolve_dcn(dcn)
+    dcn = resolve_dcn_cfg(dcn, 'dcn')
     if dcn is not None and conv_cfg is not None:
-        raise BackboneArgumentError(f'conv_cfg must be None in a deformable block (the deformable convs are '
-                                    f'set by dcn), got conv_cfg={conv_cfg!r}')
+        raise ValueError(f'conv_cfg must be None in a deformable block (the deformable convs are set by dcn), '
+                         f'got conv_cfg={conv_cfg!r}')
     return dcn
 
 
@@ -160,18 +92,6 @@ class DCNResNeXtBottleneck(ResNeXtBottleneck):
         super().__init__(inplanes, planes, groups=groups, base_width=base_width,
                          base_channels=base_channels, **kwargs)
         self.dcn = dcn
-
-
-def _as_stage_tuple(value: Any, num_stages: int, arg: str, check: Any, expected: str) -> tuple:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f'{arg} must be a sequence of {num_stages} {expected} (one per stage), '
-                        f'got {value!r}')
-    if len(value) != num_stages:
-        raise BackboneArgumentError(f'{arg} must have num_stages = {num_stages} entries, got {len(value)}: '
-                                    f'{tuple(value)!r}')
-    if not all(check(v) for v in value):
-        raise ValueError(f'{arg} must contain {expected}, got {tuple(value)!r}')
-    return tuple(value)
 
 
 def _is_int(v: Any) -> bool:
@@ -280,53 +200,31 @@ class DCNResNet(ResNet):
                  zero_init_residual: bool = True,
                  pretrained: Optional[str] = None,
                  init_cfg: OptMultiConfig = None) -> None:
-        if depth not in self.arch_settings:
-            raise UnknownDepthError(f'depth must be one of {sorted(self.arch_settings)} for '
-                                    f'{type(self).__name__}, got {depth!r}')
-        if not _is_int(num_stages) or not 1 <= num_stages <= 4:
-            raise BackboneArgumentError(f'num_stages must be an int in [1, 4], got {num_stages!r}')
-        strides = _as_stage_tuple(strides, num_stages, 'strides', lambda v: _is_int(v) and v >= 1,
-                                  'positive ints')
-        dilations = _as_stage_tuple(dilations, num_stages, 'dilations', lambda v: _is_int(v) and v >= 1,
-                                    'positive ints')
-        if (isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence)
-                or not out_indices or not all(_is_int(i) and 0 <= i < num_stages for i in out_indices)):
-            raise BackboneArgumentError(f'out_indices must be a non-empty sequence of stage indices in '
-                                        f'[0, {num_stages - 1}], got {out_indices!r}')
-        if style not in ('pytorch', 'caffe'):
-            raise BackboneArgumentError(f"style must be 'pytorch' or 'caffe', got {style!r}")
-        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
-        _check_norm(norm_cfg, 'norm_cfg')
-        _check_norm(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
-        dcn = _resolve_dcn(dcn)
-        if dcn is not None:
-            stage_with_dcn = _as_stage_tuple(stage_with_dcn, num_stages, 'stage_with_dcn',
-                                             lambda v: isinstance(v, bool), 'bools')
-        else:
-            stage_with_dcn = (False,) * num_stages
+        # mmdet's ResNet checks its own arguments; these are the DCN additions
+        check_norm_cfg(norm_cfg, 'norm_cfg')
+        check_norm_cfg(dcn_norm_cfg, 'dcn_norm_cfg', allow_none=True)
+        dcn = resolve_dcn_cfg(dcn, 'dcn')
         if dcn_last_blocks is None or _is_int(dcn_last_blocks):
             last = (dcn_last_blocks,) * num_stages
+        elif isinstance(dcn_last_blocks, Sequence) and len(dcn_last_blocks) == num_stages:
+            last = tuple(dcn_last_blocks)
         else:
-            last = _as_stage_tuple(dcn_last_blocks, num_stages, 'dcn_last_blocks',
-                                   lambda v: v is None or _is_int(v), 'ints or None')
-        if any(n is not None and n < 0 for n in last):
-            raise ValueError(f'dcn_last_blocks must be None or non-negative, got {dcn_last_blocks!r}')
+            raise ValueError(f'dcn_last_blocks must be None, an int or one entry per stage (num_stages = '
+                             f'{num_stages}), got {dcn_last_blocks!r}')
+        if not all(n is None or (_is_int(n) and n >= 0) for n in last):
+            raise ValueError(f'dcn_last_blocks must hold None or non-negative ints, got {dcn_last_blocks!r}')
 
         # read by make_res_layer, which mmdet's __init__ calls (plain values: allowed before
         # nn.Module.__init__, as mmdet's ResNeXt does)
         self.dcn_last_blocks = last
         self.dcn_norm_cfg = dcn_norm_cfg if dcn_norm_cfg is not None else norm_cfg
         self._zero_init_blocks = zero_init_residual and init_cfg is None and pretrained is None
-        if dcn is not None and conv_cfg is not None and self._num_deformable(stage_with_dcn, last):
-            raise BackboneArgumentError(f'conv_cfg must be None when some blocks are deformable (as in mmdet), '
-                                        f'got conv_cfg={conv_cfg!r}')
         super().__init__(
             depth=depth, in_channels=in_channels, stem_channels=stem_channels,
             base_channels=base_channels, num_stages=num_stages, strides=strides, dilations=dilations,
-            out_indices=tuple(out_indices), style=style, deep_stem=deep_stem, avg_down=avg_down,
+            out_indices=out_indices, style=style, deep_stem=deep_stem, avg_down=avg_down,
             frozen_stages=frozen_stages, conv_cfg=conv_cfg, norm_cfg=norm_cfg, norm_eval=norm_eval,
-            dcn=dcn, stage_with_dcn=tuple(stage_with_dcn), plugins=plugins, with_cp=with_cp,
+            dcn=dcn, stage_with_dcn=stage_with_dcn, plugins=plugins, with_cp=with_cp,
             zero_init_residual=zero_init_residual, pretrained=pretrained, init_cfg=init_cfg)
 
     def train(self, mode: bool = True) -> 'DCNResNet':
@@ -335,9 +233,6 @@ class DCNResNet(ResNet):
         ``model.eval()`` chains)."""
         super().train(mode)
         return self
-
-    def _num_deformable(self, stage_with_dcn: Sequence[bool], last: Sequence[Optional[int]]) -> int:
-        return sum(1 for on, n in zip(stage_with_dcn, last) if on and n != 0)
 
     def deformable_blocks(self, stage: int, num_blocks: int) -> List[bool]:
         """Which blocks of stage ``stage`` (0-based) are deformable."""
@@ -419,10 +314,6 @@ class DCNResNeXt(DCNResNet):
     }
 
     def __init__(self, groups: int = 1, base_width: int = 4, **kwargs: Any) -> None:
-        if not _is_int(groups) or groups < 1:
-            raise ValueError(f'groups must be a positive int, got {groups!r}')
-        if not _is_int(base_width) or base_width < 1:
-            raise ValueError(f'base_width must be a positive int, got {base_width!r}')
         self.groups = groups
         self.base_width = base_width
         super().__init__(**kwargs)
@@ -431,6 +322,4 @@ class DCNResNeXt(DCNResNet):
         return dict(groups=self.groups, base_width=self.base_width, base_channels=self.base_channels)
 
 
-__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck',
-           'UnknownDepthError', 'UnknownLayerTypeError', 'LayerTypeMissingError', 'BackboneArgumentError',
-           'BackboneArgumentTypeError']
+__all__ = ['DCNResNet', 'DCNResNeXt', 'DCNBasicBlock', 'DCNBottleneck', 'DCNResNeXtBottleneck']
