@@ -1,6 +1,13 @@
 """The embedded demo dataset (a deterministic generator of deformed shapes on clutter, COCO format)
 and the dataset checks the tools run."""
-from .checks import DatasetError, check_dataset, checked_dataloader_builder, diagnose_dataset_cfg
+from .checks import (
+                     DatasetError,
+                     DatasetWarning,
+                     check_dataset,
+                     checked_dataloader_builder,
+                     count_annotations,
+                     diagnose_dataset_cfg,
+)
 from .demo_shapes import (
                           DEMO_CLASSES,
                           DEMO_SPLITS,
@@ -14,7 +21,8 @@ from .demo_shapes import (
                           render_image,
 )
 
-__all__ = ['DatasetError', 'check_dataset', 'checked_dataloader_builder', 'diagnose_dataset_cfg', 'DEMO_CLASSES',
+__all__ = ['DatasetError', 'DatasetWarning', 'check_dataset', 'checked_dataloader_builder', 'count_annotations',
+           'diagnose_dataset_cfg', 'DEMO_CLASSES',
            'DEMO_SPLITS', 'GENERATOR_VERSION', 'MAX_IMAGE_SIZE', 'MIN_IMAGE_SIZE', 'check_demo_arguments',
            'demo_dataset_exists', 'generate_demo_dataset', 'generate_split',
            'render_image']

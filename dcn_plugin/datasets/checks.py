@@ -1,6 +1,7 @@
 """Dataset problems said in the user's terms, before a run starts.
 
-Two mistakes otherwise surface late or not at all with mmdet's ``CocoDataset``:
+Mistakes that otherwise surface late, without the file's name, or not at all with mmdet's
+``CocoDataset``:
 
 - **classes that do not match the annotation file.** ``metainfo.classes`` names the categories to
   train on, in label order; a name the file lacks is silently dropped, so the labels of every later
@@ -8,25 +9,49 @@ Two mistakes otherwise surface late or not at all with mmdet's ``CocoDataset``:
   out and mmengine fails with "need at least one array to concatenate";
 - **an empty dataset** (no images, or none left after ``filter_cfg`` drops images without
   annotations of the classes): the same "need at least one array to concatenate", or an
-  ``IndexError`` in a sampler.
+  ``IndexError`` in a sampler;
+- **annotations mmdet drops without a word**: an image id that is not among the file's images, a box
+  that is not four finite numbers (NaN, inf), a width or height below one pixel (zero or negative), a
+  non-positive area, a box outside its image, a category id that is not among the file's categories.
+  They are counted per reason and warned about once per file (:class:`DatasetWarning`, with the
+  counts and the file); a split with **no usable box** of the config's classes is refused (an image
+  whose boxes are all dropped is still kept by ``filter_empty_gt``, so training would run with zero
+  box losses), except a test split whose file lists no annotations at all (images only);
+- **files that fail to load without naming themselves**: an annotation file that is not valid JSON
+  (truncated, say: a bare ``JSONDecodeError``) and an empty (0-byte) image file (a bare OpenCV
+  assertion in a dataloader worker) are reported with their paths.
 
 :func:`checked_dataloader_builder` wraps a runner's ``build_dataloader``: a built dataset is checked
-with :func:`check_dataset`, and a build that fails is diagnosed from the dataset's config
-(:func:`diagnose_dataset_cfg`, which reads the annotation file only then); both raise
-:class:`DatasetError` naming the annotation file and what is wrong. ``tools/train.py`` and
-``tools/test.py`` build their runners with it (:func:`dcn_plugin.apis.build_runner`).
+with :func:`check_dataset` (which reads its annotation file once more), and a build that fails is
+diagnosed from the dataset's config (:func:`diagnose_dataset_cfg`, which reads the annotation file
+only then); both raise :class:`DatasetError` naming the annotation file and what is wrong.
+``tools/train.py`` and ``tools/test.py`` build their runners with it
+(:func:`dcn_plugin.apis.build_runner`).
 """
 import copy
 import functools
 import json
+import math
+import os
 import os.path as osp
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
+import warnings
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Set, Tuple
 
-__all__ = ['DatasetError', 'check_dataset', 'diagnose_dataset_cfg', 'checked_dataloader_builder']
+__all__ = ['DatasetError', 'DatasetWarning', 'check_dataset', 'diagnose_dataset_cfg', 'checked_dataloader_builder',
+           'count_annotations']
+
+#: how many file names a message lists before '... (N more)'
+_SHOWN = 5
+#: annotation files already warned about in this process: (path, size, modification time)
+_WARNED: Set[Tuple[str, int, int]] = set()
 
 
 class DatasetError(ValueError):
     """The dataset a config describes cannot be trained or evaluated on; the message says why."""
+
+
+class DatasetWarning(UserWarning):
+    """Annotations of a dataset are dropped (counted per reason, with the file)."""
 
 
 def _leaves(dataset: Any) -> Iterator[Any]:
@@ -62,25 +87,132 @@ def _ann_path(ann_file: str, data_root: Optional[str]) -> str:
     return ann_file
 
 
-def _coco_summary(path: str) -> Optional[Dict[str, Any]]:
-    """Image count, category names and annotations per category of a local COCO json (None if it is
-    not one)."""
+def _load_coco(path: str) -> Optional[Dict[str, Any]]:
+    """The COCO json at a local ``path`` (None if it is not a local file, or not COCO-style); a
+    :class:`DatasetError` naming the file if it cannot be read or parsed."""
     if not path or '://' in path or not osp.isfile(path):
         return None
     try:
-        with open(path) as f:
+        with open(path, 'rb') as f:
             coco = json.load(f)
-    except (OSError, ValueError):
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(f'the annotation file {path} is not valid JSON ({e}); is it truncated or corrupt?') from e
+    except OSError as e:
+        raise DatasetError(f'cannot read the annotation file {path} ({e})') from e
+    if not isinstance(coco, dict) or not isinstance(coco.get('images'), list):
         return None
-    if not isinstance(coco, dict) or 'images' not in coco:
+    return coco
+
+
+def _coco_summary(path: str) -> Optional[Dict[str, Any]]:
+    """Image count, category names and annotations per category of a local COCO json (None if it is
+    not one)."""
+    coco = _load_coco(path)
+    if coco is None:
         return None
     cats = {c.get('id'): c.get('name') for c in coco.get('categories', []) if isinstance(c, dict)}
     per_cat: Dict[str, set] = {name: set() for name in cats.values()}
     for ann in coco.get('annotations', []):
-        name = cats.get(ann.get('category_id'))
+        name = cats.get(ann.get('category_id')) if isinstance(ann, dict) else None
         if name is not None:
             per_cat[name].add(ann.get('image_id'))
     return {'images': len(coco['images']), 'categories': list(cats.values()), 'images_per_category': per_cat}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _drop_reason(ann: Any, images: Mapping[Any, Any], category_ids: Set[Any]) -> Optional[str]:
+    """Why mmdet's ``CocoDataset`` drops an annotation (None: it keeps it; ``ignore`` ones are not
+    counted: the file asks for that)."""
+    if not isinstance(ann, dict):
+        return 'not an object'
+    if ann.get('image_id') not in images:
+        return 'an image id that is not among the images'
+    if ann.get('ignore', False):
+        return None
+    box = ann.get('bbox')
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_number(v) for v in box):
+        return 'a box that is not 4 finite numbers (NaN, inf or missing)'
+    x, y, w, h = box
+    if w < 1 or h < 1:
+        return 'a width or height below 1 pixel (zero or negative)'
+    if not _number(ann.get('area')) or ann['area'] <= 0:
+        return 'an area that is not a positive number'
+    image = images[ann['image_id']]
+    width, height = image.get('width'), image.get('height')
+    if _number(width) and _number(height) and (min(x + w, width) - max(x, 0)) * (min(y + h, height) - max(y, 0)) <= 0:
+        return 'a box outside its image'
+    if ann.get('category_id') not in category_ids:
+        return 'a category id that is not among the categories'
+    return None
+
+
+def count_annotations(coco: Mapping[str, Any], classes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Count the annotations of a COCO dict that mmdet's ``CocoDataset`` keeps and drops.
+
+    Args:
+        coco: the parsed annotation file.
+        classes: the config's classes (None: every category of the file).
+
+    Returns:
+        ``{'total': annotations, 'usable': kept boxes of ``classes``, 'dropped': {reason: count}}``.
+    """
+    images = {img.get('id'): img for img in coco.get('images', []) if isinstance(img, dict)}
+    categories = {c.get('id'): c.get('name') for c in coco.get('categories', []) if isinstance(c, dict)}
+    wanted = set(categories.values()) if classes is None else set(classes)
+    annotations = coco.get('annotations', []) or []
+    dropped: Dict[str, int] = {}
+    usable = 0
+    for ann in annotations:
+        reason = _drop_reason(ann, images, set(categories))
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        elif not ann.get('ignore', False) and categories.get(ann.get('category_id')) in wanted:
+            usable += 1
+    return {'total': len(annotations), 'usable': usable, 'dropped': dropped}
+
+
+def _check_annotations(leaf: Any, path: str, classes: Optional[Sequence[str]]) -> None:
+    """Warn once about dropped annotations, refuse a split without a usable box or with empty image files."""
+    coco = _load_coco(path)
+    if coco is None:
+        return
+    counts = count_annotations(coco, classes)
+    if counts['dropped']:
+        stat = os.stat(path)
+        key = (osp.abspath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            reasons = '; '.join(f'{n} with {reason}' for reason, n in
+                                sorted(counts['dropped'].items(), key=lambda item: -item[1]))
+            warnings.warn(DatasetWarning(
+                f'the annotation file {path}: {sum(counts["dropped"].values())} of its {counts["total"]} annotations '
+                f'are dropped: {reasons}'), stacklevel=2)
+    test_images_only = getattr(leaf, 'test_mode', False) and counts['total'] == 0
+    if counts['usable'] == 0 and not test_images_only:
+        dropped = sum(counts['dropped'].values())
+        raise DatasetError(
+            f'the dataset has no usable box: the annotation file {path} lists {counts["total"]} annotations, '
+            f'{dropped} of them dropped as invalid, and none of the rest is a box of the config\'s classes '
+            f'{list(classes) if classes is not None else "(all categories)"}; training on it would learn no boxes')
+    prefix = (getattr(leaf, 'data_prefix', None) or {}).get('img', '') or ''
+    if '://' not in prefix:
+        empty = []
+        for img in coco['images']:
+            name = img.get('file_name') if isinstance(img, dict) else None
+            if isinstance(name, str):
+                image_path = osp.join(prefix, name)
+                try:
+                    if os.stat(image_path).st_size == 0:
+                        empty.append(image_path)
+                except OSError:
+                    pass  # a missing image is named by the loader when it is read
+        if empty:
+            shown = ', '.join(empty[:_SHOWN]) + (f', ... ({len(empty) - _SHOWN} more)' if len(empty) > _SHOWN else '')
+            raise DatasetError(f'{len(empty)} image file(s) listed in the annotation file {path} are empty (0 bytes) '
+                               f'and cannot be decoded: {shown}')
 
 
 def _class_problem(classes: Sequence[str], names: Sequence[str], path: str) -> Optional[str]:
@@ -111,8 +243,10 @@ def _empty_problem(classes: Optional[Sequence[str]], summary: Optional[Dict[str,
 
 
 def check_dataset(dataset: Any) -> None:
-    """Raise :class:`DatasetError` if a built dataset is empty or its classes do not match its
-    annotation file (datasets with ``cat_ids``, i.e. mmdet's COCO-style ones; wrappers are opened)."""
+    """Raise :class:`DatasetError` if a built dataset is empty, its classes do not match its annotation
+    file, it has no usable box or an empty image file; warn (:class:`DatasetWarning`, once per file)
+    about the annotations mmdet drops (datasets with ``cat_ids``, i.e. mmdet's COCO-style ones; wrappers
+    are opened)."""
     for leaf in _leaves(dataset):
         classes = (getattr(leaf, 'metainfo', None) or {}).get('classes')
         cat_ids = getattr(leaf, 'cat_ids', None)
@@ -129,6 +263,10 @@ def check_dataset(dataset: Any) -> None:
         classes = (getattr(leaf, 'metainfo', None) or {}).get('classes')
         path = getattr(leaf, 'ann_file', '') or ''
         raise DatasetError(_empty_problem(classes, _coco_summary(path), path, getattr(leaf, 'filter_cfg', None)))
+    for leaf in _leaves(dataset):
+        if getattr(leaf, 'cat_ids', None) is not None:  # mmdet's COCO-style datasets
+            classes = (getattr(leaf, 'metainfo', None) or {}).get('classes')
+            _check_annotations(leaf, getattr(leaf, 'ann_file', '') or '', classes)
 
 
 def _configured_classes(cfg: Mapping) -> Optional[Sequence[str]]:
@@ -145,12 +283,15 @@ def _configured_classes(cfg: Mapping) -> Optional[Sequence[str]]:
 
 
 def diagnose_dataset_cfg(dataset_cfg: Any) -> Optional[str]:
-    """What is wrong with the (COCO-style) datasets a config describes, from their annotation files:
-    classes that do not match the file's categories, no images, nothing left after filtering.
-    None when nothing of the kind is found."""
+    """What is wrong with the (COCO-style) datasets a config describes, from their annotation files: a
+    file that is not valid JSON, classes that do not match the file's categories, no images, nothing
+    left after filtering. None when nothing of the kind is found."""
     for cfg in _cfg_leaves(dataset_cfg):
         path = _ann_path(str(cfg.get('ann_file') or ''), cfg.get('data_root'))
-        summary = _coco_summary(path)
+        try:
+            summary = _coco_summary(path)
+        except DatasetError as e:  # not valid JSON, unreadable
+            return str(e)
         if summary is None:
             continue
         classes = _configured_classes(cfg)

@@ -114,3 +114,88 @@ def test_the_tools_stop_before_running_with_the_message(data, tool):
                 "['starr'] is not among its categories")
     assert f'{tool}.py: error: ' in proc.stderr and expected in proc.stderr, proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr
+
+
+# --------------------------------------------------------------------------- annotations mmdet drops, files that fail
+def _write_variant(data, name, change):
+    """A copy of the train annotation file with ``change(coco)`` applied, as ``annotations/<name>``."""
+    with open(osp.join(data['root'], 'annotations', 'instances_train.json')) as f:
+        coco = json.load(f)
+    change(coco)
+    with open(osp.join(data['root'], 'annotations', name), 'w') as f:
+        json.dump(coco, f)  # NaN and inf are written as JSON's NaN / Infinity, which mmdet's loader reads
+    return f'annotations/{name}', osp.join(data['root'], 'annotations', name)
+
+
+def _add_bad_annotations(coco):
+    good = coco['annotations'][0]
+    bad = [dict(category_id=99), dict(category_id=98), dict(bbox=[10, 10, -5, 8]), dict(bbox=[10, 10, 8, 0]),
+           dict(bbox=[float('nan'), 10, 8, 8]), dict(bbox=[10, 10, float('inf'), 8]), dict(image_id=12345)]
+    for i, change in enumerate(bad):
+        coco['annotations'].append(dict(good, id=10_000 + i, **change))
+
+
+def test_dropped_annotations_are_counted_per_reason_and_warned_once_with_the_file(data):
+    from dcn_plugin.datasets import DatasetWarning
+    ann, path = _write_variant(data, 'instances_bad_boxes.json', _add_bad_annotations)
+    with pytest.warns(DatasetWarning) as record:
+        assert len(build(data, ann=ann).dataset) == 4  # the good annotations still train
+    messages = [str(w.message) for w in record if issubclass(w.category, DatasetWarning)]
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert message.startswith(f'the annotation file {path}: 7 of its ')
+    for part in ('2 with a category id that is not among the categories',
+                 '2 with a width or height below 1 pixel (zero or negative)',
+                 '2 with a box that is not 4 finite numbers (NaN, inf or missing)',
+                 '1 with an image id that is not among the images'):
+        assert part in message, message
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', DatasetWarning)
+        build(data, ann=ann)  # once per file
+
+
+@pytest.mark.parametrize('test_mode', [False, True], ids=['train', 'test'])
+def test_a_split_without_a_usable_box_is_refused(data, test_mode):
+    """Every box invalid: mmdet keeps the images (filter_empty_gt looks at the raw annotations), so training
+    would run with zero box losses."""
+    from dcn_plugin.datasets import DatasetError
+
+    def break_every_box(coco):
+        for ann in coco['annotations']:
+            ann['bbox'][2] = float('nan')
+
+    ann, path = _write_variant(data, 'instances_no_usable_box.json', break_every_box)
+    with pytest.raises(DatasetError, match=rf'the dataset has no usable box: the annotation file {path} lists \d+ '
+                                           r'annotations, \d+ of them dropped as invalid'):
+        build(data, ann=ann, test_mode=test_mode)
+
+
+def test_a_test_split_that_lists_images_only_builds(data):
+    assert len(build(data, ann='annotations/instances_unannotated.json', test_mode=True).dataset) == 4
+
+
+def test_a_truncated_annotation_file_is_named(data):
+    from dcn_plugin.datasets import DatasetError
+    with open(osp.join(data['root'], 'annotations', 'instances_train.json')) as f:
+        text = f.read()
+    path = osp.join(data['root'], 'annotations', 'instances_truncated.json')
+    with open(path, 'w') as f:
+        f.write(text[:len(text) // 2])
+    with pytest.raises(DatasetError, match=rf'the annotation file {path} is not valid JSON \(.*\); is it truncated'):
+        build(data, ann='annotations/instances_truncated.json')
+
+
+def test_an_empty_image_file_is_named(data):
+    from dcn_plugin.datasets import DatasetError
+    first = {}
+
+    def point_at_an_empty_image(coco):
+        first.update(coco['images'][0])
+        coco['images'][0]['file_name'] = 'empty_000.png'
+
+    ann, _ = _write_variant(data, 'instances_empty_image.json', point_at_an_empty_image)
+    open(osp.join(data['root'], 'train', 'empty_000.png'), 'wb').close()
+    with pytest.raises(DatasetError, match=r'1 image file\(s\) listed in the annotation file .*instances_empty_image'
+                                           r'.json are empty \(0 bytes\) and cannot be decoded: .*train/empty_000.png'):
+        build(data, ann=ann)
