@@ -28,13 +28,10 @@ from .ops import (  # noqa: F401  # noqa: F401
 from .version import __version__, version_info  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
-    from .utils.checkpoint import install_checkpoint_loaders
-    from .utils.compat import patch_mmengine_package_utils
-    install_checkpoint_loaders()  # every checkpoint scheme loads with weights_only=True + the allow-list
-    patch_mmengine_package_utils()  # 'dcn_plugin::' (and 'mmdet::') base configs, editable installs included
+    from .utils.compat import install_into_mmengine
+    install_into_mmengine()  # the one change to mmengine: the restricted checkpoint loader and the config scope
 if importlib.util.find_spec('mmdet') is not None and importlib.util.find_spec('mmcv') is not None:
-    from . import models  # noqa: F401  (registers backbones, necks, norm layers in mmdet's MODELS)
-    from .apis import hooks  # noqa: F401  (registers AtomicCheckpointHook, TorchRNGStateHook, CheckpointMatchHook)
+    from . import engine, models  # noqa: F401  (register the hooks, backbones, necks, heads and norm layers)
 if importlib.util.find_spec('mmdet') is not None:
     from . import datasets  # noqa: F401
 

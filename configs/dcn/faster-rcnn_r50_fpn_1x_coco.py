@@ -2,6 +2,6 @@
 # the plugin imported and its crash-safe training hooks).
 _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 custom_imports = dict(imports=['dcn_plugin'], allow_failed_imports=False)
-# crash-safe checkpoints, exact resume, checkpoints that must fit the model (dcn_plugin.apis.hooks)
+# crash-safe checkpoints, exact resume, checkpoints that must fit the model (dcn_plugin.engine.hooks)
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [dict(type='TorchRNGStateHook'), dict(type='CheckpointMatchHook')]

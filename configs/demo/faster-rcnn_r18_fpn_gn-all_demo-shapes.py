@@ -93,7 +93,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters, eta_min=1e-5),
 ]
-# crash-safe checkpoints, exact resume, checkpoints that must fit the model (dcn_plugin.apis.hooks)
+# crash-safe checkpoints, exact resume, checkpoints that must fit the model (dcn_plugin.engine.hooks)
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=500, max_keep_ckpts=2))

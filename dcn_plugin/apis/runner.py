@@ -1,9 +1,6 @@
 """What ``tools/train.py`` and ``tools/test.py`` do, as functions: config loading and overrides,
 distributed setup (gloo on machines without GPUs), runner building (crash-safe checkpoints, exact
 resume, checked checkpoints and datasets), metrics saving, and the tools' error reporting.
-
-Importing this module lets mmengine find ``mmdet::`` base configs without ``pkg_resources`` (see
-:mod:`dcn_plugin.utils.compat`).
 """
 import argparse
 import contextlib
@@ -19,14 +16,12 @@ from mmengine.logging import print_log
 
 from ..datasets.checks import DatasetError, checked_dataloader_builder
 from ..utils.atomic import atomic_write
-from ..utils.checkpoint import CheckpointError, install_checkpoint_loaders
-from ..utils.compat import patch_mmengine_package_utils
+from ..utils.checkpoint import CheckpointError
 
 __all__ = ['parse_tool_args', 'load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
            'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir',
            'use_atomic_checkpoints', 'exit_on_user_error']
 
-patch_mmengine_package_utils()  # 'mmdet::' base configs without pkg_resources (setuptools >= 81)
 
 _DATA_SECTIONS = ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator')
 
@@ -195,7 +190,7 @@ def setup_test_cfg(cfg: Config, checkpoint: str, show_dir: Optional[str] = None,
 
 def use_atomic_checkpoints(cfg: Config) -> Config:
     """Swap mmengine's ``CheckpointHook`` in ``default_hooks.checkpoint`` for
-    :class:`~dcn_plugin.apis.hooks.AtomicCheckpointHook` (same arguments); another hook type is kept."""
+    :class:`~dcn_plugin.engine.hooks.AtomicCheckpointHook` (same arguments); another hook type is kept."""
     from mmengine.hooks import CheckpointHook
     hooks = cfg.get('default_hooks', None)
     ckpt = hooks.get('checkpoint', None) if hooks else None
@@ -207,12 +202,11 @@ def use_atomic_checkpoints(cfg: Config) -> Config:
 def build_runner(cfg: Config, strict_load: bool = False, load_remedy: str = ''):
     """Build the Runner (``runner_type`` from the config if set) the way the tools run it.
 
-    - every checkpoint scheme loads through the restricted loader
-      (:func:`dcn_plugin.utils.checkpoint.install_checkpoint_loaders`);
+    - every checkpoint scheme loads through the restricted loader (installed by ``import dcn_plugin``);
     - checkpoints are written atomically and auto-resume skips broken ones
       (:func:`use_atomic_checkpoints`);
-    - :class:`~dcn_plugin.apis.hooks.TorchRNGStateHook` (exact resume) and
-      :class:`~dcn_plugin.apis.hooks.CheckpointMatchHook` (a resumed checkpoint must fit the model;
+    - :class:`~dcn_plugin.engine.hooks.TorchRNGStateHook` (exact resume) and
+      :class:`~dcn_plugin.engine.hooks.CheckpointMatchHook` (a resumed checkpoint must fit the model;
       with ``strict_load`` a loaded one too, else the error ends with ``load_remedy``);
     - datasets are checked when built (:func:`dcn_plugin.datasets.checks.checked_dataloader_builder`).
 
@@ -224,8 +218,7 @@ def build_runner(cfg: Config, strict_load: bool = False, load_remedy: str = ''):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .hooks import CheckpointMatchHook, TorchRNGStateHook
-    install_checkpoint_loaders()
+    from ..engine.hooks import CheckpointMatchHook, TorchRNGStateHook
     use_atomic_checkpoints(cfg)
     setup_distributed(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)

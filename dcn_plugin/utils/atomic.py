@@ -9,7 +9,7 @@ killed on the way leaves at most a hidden temporary (``.NAME.<random>.partial``)
 
 :class:`AtomicLocalBackend` is mmengine's local file backend with ``put`` / ``put_text`` made atomic;
 importing this module registers it as the ``'atomic_local'`` file backend, which
-:class:`dcn_plugin.apis.hooks.AtomicCheckpointHook` writes checkpoints through.
+:class:`dcn_plugin.engine.hooks.AtomicCheckpointHook` writes checkpoints through.
 """
 import os
 import os.path as osp

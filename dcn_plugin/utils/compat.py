@@ -10,14 +10,15 @@ and
   where ``pkg_resources`` is gone (setuptools >= 81): :func:`get_installed_path` asks the import
   system where the package is instead, and :func:`is_installed` needs no ``pkg_resources``.
 
-Importing :mod:`dcn_plugin` applies the patch when mmengine is installed; it is idempotent.
+Importing :mod:`dcn_plugin` applies the patch when mmengine is installed (:func:`install_into_mmengine`, with the
+restricted checkpoint loader); it is idempotent.
 """
 import importlib.util
 import os.path as osp
 from importlib import metadata
 
-__all__ = ['patch_mmengine_package_utils', 'is_installed', 'get_installed_path', 'CONFIG_SCOPE',
-           'mmcv_has_compiled_ops']
+__all__ = ['install_into_mmengine', 'patch_mmengine_package_utils', 'is_installed', 'get_installed_path',
+           'CONFIG_SCOPE', 'mmcv_has_compiled_ops']
 
 #: the package scope of this package's configs: ``_base_ = 'dcn_plugin::dcn/<config>.py'``
 CONFIG_SCOPE = 'dcn_plugin'
@@ -77,6 +78,16 @@ def patch_mmengine_package_utils() -> bool:
             mod.is_installed = is_installed
     _PATCHED = True
     return True
+
+
+def install_into_mmengine() -> None:
+    """Everything ``import dcn_plugin`` changes in mmengine, in one place: every checkpoint path and URL scheme
+    loads through the restricted unpickler (:func:`dcn_plugin.utils.checkpoint.install_checkpoint_loaders`), and
+    configs can inherit ``'dcn_plugin::'`` (and ``'mmdet::'``) base configs (:func:`patch_mmengine_package_utils`).
+    Idempotent."""
+    from .checkpoint import install_checkpoint_loaders
+    install_checkpoint_loaders()
+    patch_mmengine_package_utils()
 
 
 def mmcv_has_compiled_ops() -> bool:

@@ -80,7 +80,7 @@ def test_torch_rng_states_are_saved_and_a_plain_load_does_not_restore_them(tiny_
     straight = straight_run(tiny_cfg, tmp_path_factory, 0, False)
     ckpt = load(osp.join(straight, 'iter_2.pth'))
     assert isinstance(ckpt['dcn_plugin_torch_rng_state']['cpu'], torch.Tensor)
-    from dcn_plugin.apis.hooks import TorchRNGStateHook
+    from dcn_plugin.engine.hooks import TorchRNGStateHook
 
     class FakeRunner:
         _resume = False
@@ -94,7 +94,7 @@ def test_torch_rng_states_are_saved_and_a_plain_load_does_not_restore_them(tiny_
 
 
 def test_validation_leaves_the_generator_as_it_found_it():
-    from dcn_plugin.apis.hooks import TorchRNGStateHook
+    from dcn_plugin.engine.hooks import TorchRNGStateHook
     hook = TorchRNGStateHook()
     torch.manual_seed(0)
     hook.before_val(None)
