@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a GPU machine, without the project venv (python3 with torch and pytest, a CUDA toolkit): build the
 # CUDA kernels in place; run the CUDA tests and, alongside, the same less the slow ones, gradcheck and
-# opcheck under compute-sanitizer memcheck; then the GPU benchmark alone. About 5 minutes on an H200.
+# opcheck under compute-sanitizer memcheck; then the Triton kernels' tests compiled for the GPU (not the
+# interpreter), the Triton and C++ CUDA kernels against each other among them (needs triton); then the
+# GPU benchmark alone. About 6 minutes on an H200.
 #   bash scripts/gpu_check.sh [--dry-run] [--skip-build|tests|memcheck|bench] OUTDIR
 # OUTDIR gets summary.txt (the machine, then per step: status, seconds, command), build.log, tests.log,
 # memcheck.log, bench.log, bench.md (the benchmark tables) and bench.tar.gz (all the benchmark reports).
@@ -22,6 +24,7 @@ use_cuda_toolkit "$PY" || echo "[gpu_check] no CUDA toolkit found: the build wil
 SANITIZER="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
 TESTS=(-m cuda tests/test_ops)
 MEMCHECK=(-m 'cuda and not slow' -k 'not gradcheck and not opcheck' tests/test_ops)
+TRITON=(tests/test_ops/test_triton_conv.py tests/test_ops/test_triton_backend.py)
 note() { echo "[gpu_check] $*" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME LIMIT_S CMD...: CMD into OUT/NAME.log, with a time limit; one line into summary.txt
   local name=$1 limit=$2 t0=$SECONDS rc=0; shift 2
@@ -38,6 +41,7 @@ note "$(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=c
 if [ "$DRY" = 1 ]; then
   note "tests: $("$PY" -m pytest -p no:cacheprovider "${TESTS[@]}" --collect-only -q 2>&1 | tail -n1)"
   note "memcheck: $("$PY" -m pytest -p no:cacheprovider "${MEMCHECK[@]}" --collect-only -q 2>&1 | tail -n1)"
+  note "triton: $("$PY" -m pytest -p no:cacheprovider "${TRITON[@]}" --collect-only -q 2>&1 | tail -n1)"
   "$PY" tools/benchmark.py --help > /dev/null 2>&1 && note "tools/benchmark.py: runs" || note "tools/benchmark.py: MISSING"
 fi
 step build 180 "$PY" setup.py build_ext --inplace || { note "no build: nothing else runs"; exit 1; }
@@ -46,6 +50,8 @@ step tests 200 "$PY" -m pytest -p no:cacheprovider "${TESTS[@]}" -v -rfEs --dura
 step memcheck 200 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --report-api-errors no \
   --error-exitcode 99 --print-limit 50 "$PY" -m pytest -p no:cacheprovider "${MEMCHECK[@]}" -q -rfEs || fail=1
 wait $tests || fail=1
+step triton 240 env -u TRITON_INTERPRET "$PY" -m pytest -p no:cacheprovider "${TRITON[@]}" -v -rfEs --durations=10 \
+  || fail=1
 for dtype in float32 'float32 --tf32' bfloat16; do  # $dtype unquoted: the --tf32 flag
   step bench 70 "$PY" tools/benchmark.py op --device cuda --dtype $dtype --shapes r50-1333x800 \
     --out-dir "$B/op-${dtype// /}" || fail=1
