@@ -66,9 +66,6 @@ vpip() {
   return $rc
 }
 
-# have SPEC...: every distribution installed in an allowed version ("name" or "name;specifier")
-have() { "$VPY" "$ROOT/scripts/requirements_met.py" "$@" 2>/dev/null; }
-
 if ! "$VPY" -c "import packaging" 2>/dev/null; then vpip install packaging; fi
 
 # One resolver run for torch and everything that installs with its dependencies: the build tools of our
@@ -80,23 +77,32 @@ REQS=("torch==$TORCH_VER" "torchvision==$TV_VER" "setuptools>=77,<81" wheel ninj
       "$RUFF_SPEC" "$MMENGINE_SPEC" pycocotools six scipy terminaltables shapely tqdm matplotlib
       opencv-python-headless addict pillow pyyaml yapf rich termcolor regex "onnx>=1.23" "onnxscript>=0.7"
       "onnxruntime>=1.32")
-HAVE_SPECS=()
+HAVE_SPECS=("mmdet;==$MMDET_VER")
 for r in "${REQS[@]}"; do
   name="${r%%[<>=]*}"; spec="${r:${#name}}"
   if [ -n "$spec" ]; then HAVE_SPECS+=("$name;$spec"); else HAVE_SPECS+=("$name"); fi
 done
-if ! have "${HAVE_SPECS[@]}"; then
+EXT_SRC="$ROOT/compat/mmcv_ext/mmcv/_ext.py"
+# everything there is to know, from one Python start (sets REQS_MET GPU_VISIBLE MMCV_OK EXT_OK INSTALL_OK STACK_OK)
+env_status() {
+  eval "$("$VPY" "$ROOT/scripts/env_status.py" --mmcv "$([ "$FULL_MMCV" = 1 ] && echo full || echo lite)" \
+    --mmcv-version "$MMCV_VER" --ext-src "$EXT_SRC" -- "${HAVE_SPECS[@]}" 2>/dev/null || echo REQS_MET=0)"
+}
+env_status
+CHANGED=0
+if [ "${REQS_MET:-0}" != 1 ]; then
   log "installing torch==$TORCH_VER torchvision==$TV_VER and the build, runtime and test requirements"
   vpip install "${REQS[@]}"
+  vpip install --no-deps "mmdet==$MMDET_VER"  # its requirements are in REQS
+  CHANGED=1
+  env_status
 fi
 
 CUDA_HOME_FOUND="$(find_cuda_home || true)"
-GPU_VISIBLE="$("$VPY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)"
 WANT_CUDA=0
-if [ -n "$CUDA_HOME_FOUND" ] && { [ "$GPU_VISIBLE" = 1 ] || [ "${FORCE_CUDA:-0}" = 1 ]; }; then WANT_CUDA=1; fi
+if [ -n "$CUDA_HOME_FOUND" ] && { [ "${GPU_VISIBLE:-0}" = 1 ] || [ "${FORCE_CUDA:-0}" = 1 ]; }; then WANT_CUDA=1; fi
 
 # ---------------------------------------------------------------- mmcv 2.1.0: lite + our _ext, or the full build
-EXT_SRC="$ROOT/compat/mmcv_ext/mmcv/_ext.py"
 if [ "$FULL_MMCV" = 1 ]; then
   if [ "$WANT_CUDA" = 1 ]; then
     MMCV_FLAVOUR="full_cu$("$VPY" -c 'import torch; print(torch.version.cuda.replace(".", ""))')_$(echo "${TORCH_CUDA_ARCH_LIST:-native}" | tr -c 'A-Za-z0-9.\n' '-')"
@@ -107,13 +113,8 @@ else
   MMCV_FLAVOUR=lite
 fi
 MMCV_STAMP="$VENV/.mmcv-flavour"
-mmcv_ok() {
-  "$VPY" -c "import mmcv, mmcv.ops; from mmcv.ops import nms, RoIAlign; assert mmcv.__version__ == '$MMCV_VER'" \
-    2>/dev/null || return 1
-  # the lite way: the installed stand-in is this checkout's
-  [ "$FULL_MMCV" = 1 ] || cmp -s "$EXT_SRC" "$("$VPY" -c 'import mmcv._ext as e; print(e.__file__)' 2>/dev/null)"
-}
-if ! mmcv_ok || [ "$(cat "$MMCV_STAMP" 2>/dev/null)" != "$MMCV_FLAVOUR" ]; then
+if [ "${MMCV_OK:-0}" != 1 ] || [ "$(cat "$MMCV_STAMP" 2>/dev/null)" != "$MMCV_FLAVOUR" ]; then
+  CHANGED=1
   # one mmcv at a time: the other way's files go first (both write the mmcv package)
   "$VPY" -m pip "${PIP_QUIET[@]}" uninstall -y mmcv mmcv-lite dcn-plugin-mmcv-ext > /dev/null 2>&1 || true
   if [ "$FULL_MMCV" = 0 ]; then
@@ -154,23 +155,13 @@ if ! mmcv_ok || [ "$(cat "$MMCV_STAMP" 2>/dev/null)" != "$MMCV_FLAVOUR" ]; then
   echo "$MMCV_FLAVOUR" > "$MMCV_STAMP"
 fi
 
-if ! have "mmdet;==$MMDET_VER"; then
-  log "installing mmdet==$MMDET_VER"
-  vpip install --no-deps "mmdet==$MMDET_VER"  # its requirements are in REQS above
-fi
-
 # ---------------------------------------------------------------- this package (editable) + _C
 # missing, built from other sources, or built against another torch (the package's own import check), or
 # installed from another version or another checkout (the version, the configs linked under .mim)
-ext_stale() { ! "$VPY" -c "import dcn_plugin.ops" 2>/dev/null; }
-install_stale() {
-  ! "$VPY" -c "import importlib.metadata as m, dcn_plugin.version as v; assert m.version('dcn_plugin') == v.__version__" \
-      2>/dev/null || [ ! -e "$ROOT/dcn_plugin/.mim/configs" ]
-}
 DCN_FLAVOUR="$([ "$WANT_CUDA" = 1 ] && echo "cuda_${TORCH_CUDA_ARCH_LIST:-native}" || echo cpu)"
 DCN_STAMP="$VENV/.dcn-plugin-flavour"
-if install_stale || ext_stale \
-    || [ "$(cat "$DCN_STAMP" 2>/dev/null)" != "$DCN_FLAVOUR" ]; then
+if [ "${INSTALL_OK:-0}" != 1 ] || [ "${EXT_OK:-0}" != 1 ] || [ "$(cat "$DCN_STAMP" 2>/dev/null)" != "$DCN_FLAVOUR" ]; then
+  CHANGED=1
   log "building dcn_plugin._C ($([ "$WANT_CUDA" = 1 ] && echo "CPU + CUDA" || echo "CPU only: no GPU visible; FORCE_CUDA=1 adds the CUDA kernels"))"
   ( cd "$ROOT"
     if [ "$WANT_CUDA" = 1 ]; then use_cuda_toolkit "$VPY"; export FORCE_CUDA=1; fi
@@ -180,6 +171,8 @@ if install_stale || ext_stale \
   echo "$DCN_FLAVOUR" > "$DCN_STAMP"
 fi
 
-"$VPY" -c "import dcn_plugin, mmcv.ops, mmdet.models, torch; torch.ops.dcn_plugin" \
-  || { log "environment check failed"; exit 1; }
+if [ "$CHANGED" = 1 ] || [ "${STACK_OK:-0}" != 1 ]; then
+  "$VPY" -c "import dcn_plugin, mmcv.ops, mmdet.models, torch; torch.ops.dcn_plugin" \
+    || { log "environment check failed"; exit 1; }
+fi
 log "ready: $VENV (torch $TORCH_VER, mmcv $MMCV_VER [$MMCV_FLAVOUR], mmdet $MMDET_VER, dcn_plugin)"
