@@ -6,12 +6,12 @@ again, which costs seconds), so a set-up with nothing to do stays quick:
     eval "$(python scripts/env_status.py --mmcv lite --mmcv-version 2.1.0 --ext-src compat/mmcv_ext/mmcv/_ext.py \
         -- 'torch;==2.14.1' numpy ...)"
 
-Prints ``REQS_MET`` (every requirement after ``--`` is installed in an allowed version, see
-``requirements_met.py``), ``GPU_VISIBLE``, ``MMCV_OK`` (mmcv of that version imports ``mmcv.ops``; for ``lite``,
-its ``mmcv._ext`` is the file ``--ext-src``; for ``full``, a compiled one), ``EXT_OK`` (``dcn_plugin.ops``
-imports: its library is built from the current sources), ``INSTALL_OK`` (the installed dcn_plugin is this
-checkout's version, its configs linked under ``.mim``) and ``STACK_OK`` (``dcn_plugin``, ``mmcv.ops`` and
-``mmdet.models`` import together), each 0 or 1.
+Prints, each 0 or 1: ``REQS_MET`` (every requirement after ``--``, ``name`` or ``name;specifier``, is
+installed in an allowed version; a local version label such as ``+cu130`` is ignored), ``GPU_VISIBLE``,
+``MMCV_OK`` (mmcv of that version imports ``mmcv.ops``; for ``lite``, its ``mmcv._ext`` is the file
+``--ext-src``; for ``full``, a compiled one), ``EXT_OK`` (``dcn_plugin/_C`` loads and was built from the
+current sources), ``INSTALL_OK`` (the installed dcn_plugin is this checkout's version, its configs linked
+under ``.mim``) and ``STACK_OK`` (``dcn_plugin``, ``mmcv.ops`` and ``mmdet.models`` import together).
 """
 import argparse
 import filecmp
@@ -20,8 +20,20 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from requirements_met import unmet  # noqa: E402
+
+def unmet(requirement: str) -> Optional[str]:
+    """Why ``requirement`` (``name`` or ``name;specifier``) is not met, or ``None`` when it is."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+    name, _, spec = requirement.partition(';')
+    try:
+        installed = version(name)
+    except PackageNotFoundError:
+        return f'{name} is not installed'
+    if spec and installed.split('+')[0] not in SpecifierSet(spec):
+        return f'{name} {installed} does not satisfy {spec}'
+    return None
 
 
 def _ok(check: Callable[[], bool]) -> int:
