@@ -62,8 +62,8 @@ def test_sigkill_during_training_then_resume_is_exact(tiny):
 
 
 def test_sigkill_during_the_checkpoint_write_keeps_the_previous_checkpoint(tiny):
-    """With max_keep_ckpts=1, mmengine deletes iter_2.pth before writing iter_4.pth: a kill in the
-    write then left nothing to resume from. Now iter_2.pth stays until iter_4.pth is complete."""
+    """With max_keep_ckpts=1, mmengine's own hook deletes iter_2.pth before writing iter_4.pth, so a kill in
+    the write would leave nothing to resume from; here iter_2.pth stays until iter_4.pth is complete."""
     wd = tiny['base'] / 'killed_write'
     cfg = _faulty_cfg(tiny, 'kill_in_write.py', "dict(type='KillDuringCheckpointWrite', name='iter_4.pth')",
                       max_keep=1)
