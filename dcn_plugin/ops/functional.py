@@ -181,7 +181,6 @@ def _cxx_cuda_op(name: str):
     return getattr(torch.ops.dcn_plugin, name)
 
 
-@torch.library.impl(_OP, 'CUDA')
 def _forward_cuda(input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
     if cuda_backend_for(input.dtype) == 'triton':
         from . import triton as triton_kernels
@@ -191,7 +190,6 @@ def _forward_cuda(input, offset, mask, weight, bias, stride, padding, dilation, 
                                                         dilation, groups, deform_groups)
 
 
-@torch.library.impl('dcn_plugin::modulated_deform_conv2d_backward', 'CUDA')
 def _backward_cuda(grad_output, input, offset, mask, weight, stride, padding, dilation, groups, deform_groups,
                    output_mask):
     if cuda_backend_for(input.dtype) == 'triton':
@@ -201,3 +199,7 @@ def _backward_cuda(grad_output, input, offset, mask, weight, stride, padding, di
     return _cxx_cuda_op('_modulated_deform_conv2d_backward_cuda')(grad_output, input, offset, mask, weight, stride,
                                                                  padding, dilation, groups, deform_groups,
                                                                  output_mask)
+
+
+torch.library.impl(_OP, 'CUDA', _forward_cuda)
+torch.library.impl('dcn_plugin::modulated_deform_conv2d_backward', 'CUDA', _backward_cuda)

@@ -233,6 +233,27 @@ def test_invalid_arguments_raise_the_op_errors():
         triton_ops.modulated_deform_conv2d(*(t.double() for t in (x, offset, mask, weight, bias)), padding=1)
 
 
+@pytest.mark.skipif(DEVICE != 'cpu', reason='the CUDA tests below run the real dispatch')
+def test_public_op_cuda_kernels_follow_the_rule(monkeypatch):
+    # the public ops' CUDA kernels are Python functions: called directly on CPU tensors, the Triton path
+    # runs in the interpreter, and the C++ path names what is missing where _C has no CUDA kernels
+    from dcn_plugin.ops import functional
+    case = Case(c=6, o=4, groups=2, mask=False)
+    x = case.make(dtype=torch.float32)
+    grad_out = torch.randn(case.n, case.o, *case.out_hw)
+    monkeypatch.setattr(functional, 'cuda_backend_for', lambda dtype: 'triton')
+    out = functional._forward_cuda(*x, *case.conv_args())
+    grads = functional._backward_cuda(grad_out, *x[:4], *case.conv_args(), [True] * 5)
+    ref_out = modulated_deform_conv2d(*x, *case.conv_args())
+    ref_grads = torch.ops.dcn_plugin.modulated_deform_conv2d_backward(grad_out, *x[:4], *case.conv_args(), [True] * 5)
+    for name, a, b in zip(NAMES, [out, *grads], [ref_out, *ref_grads]):
+        assert_rel_close(a, b, 2e-5, name)
+    monkeypatch.setattr(functional, 'cuda_backend_for', lambda dtype: 'cuda')
+    if not functional._library.has_cuda_kernels():
+        with pytest.raises(RuntimeError, match=r'needs the C\+\+ CUDA kernels'):
+            functional._forward_cuda(*x, *case.conv_args())
+
+
 @pytest.mark.cuda
 def test_triton_and_cxx_cuda_kernels_agree():
     # the two CUDA backends of the public op, on the same problems, through the backend switch

@@ -54,8 +54,8 @@ class LaunchConfig:
 # spare (scripts/check_triton_build.py; docs/benchmarks.md has the figures). One pipeline stage: the
 # loops' bodies are gathers, which software pipelining would only hold twice in registers.
 FORWARD_CONFIG = LaunchConfig(block_p=32, block_o=64, block_c=16, num_warps=8, num_stages=1)
-WEIGHT_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=4, num_stages=1)
-COLUMN_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=4, num_stages=1)
+WEIGHT_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=8, num_stages=1)
+COLUMN_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=8, num_stages=1)
 
 
 def interpreted() -> bool:
