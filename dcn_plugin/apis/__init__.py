@@ -13,12 +13,11 @@ from .runner import (
     setup_test_cfg,
     setup_train_cfg,
     teardown_distributed,
-    use_atomic_checkpoints,
 )
 from .study import format_brief, format_markdown, load_run, summarize_runs
 from .visualize import load_model_checkpoint, visualize_offsets
 
 __all__ = ['build_runner', 'default_work_dir', 'exit_on_user_error', 'load_config', 'parse_tool_args', 'save_metrics',
            'set_data_root', 'setup_distributed', 'setup_test_cfg', 'setup_train_cfg', 'teardown_distributed',
-           'use_atomic_checkpoints', 'load_run', 'summarize_runs', 'format_markdown', 'format_brief',
+           'load_run', 'summarize_runs', 'format_markdown', 'format_brief',
            'visualize_offsets', 'load_model_checkpoint']

@@ -20,7 +20,7 @@ from ..utils.checkpoint import CheckpointError
 
 __all__ = ['parse_tool_args', 'load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
            'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir',
-           'use_atomic_checkpoints', 'exit_on_user_error']
+           'exit_on_user_error']
 
 
 _DATA_SECTIONS = ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator', 'test_evaluator')
@@ -188,26 +188,13 @@ def setup_test_cfg(cfg: Config, checkpoint: str, show_dir: Optional[str] = None,
     return cfg
 
 
-def use_atomic_checkpoints(cfg: Config) -> Config:
-    """Swap mmengine's ``CheckpointHook`` in ``default_hooks.checkpoint`` for
-    :class:`~dcn_plugin.engine.hooks.AtomicCheckpointHook` (same arguments); another hook type is kept."""
-    from mmengine.hooks import CheckpointHook
-    hooks = cfg.get('default_hooks', None)
-    ckpt = hooks.get('checkpoint', None) if hooks else None
-    if ckpt is not None and ckpt.get('type', None) in ('CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
-        ckpt['type'] = 'AtomicCheckpointHook'
-    return cfg
-
-
 def build_runner(cfg: Config, strict_load: bool = False, load_remedy: str = ''):
     """Build the Runner (``runner_type`` from the config if set) the way the tools run it.
 
     - every checkpoint scheme loads through the restricted loader (installed by ``import dcn_plugin``);
-    - checkpoints are written atomically and auto-resume skips broken ones
-      (:func:`use_atomic_checkpoints`);
-    - :class:`~dcn_plugin.engine.hooks.TorchRNGStateHook` (exact resume) and
-      :class:`~dcn_plugin.engine.hooks.CheckpointMatchHook` (a resumed checkpoint must fit the model;
-      with ``strict_load`` a loaded one too, else the error ends with ``load_remedy``);
+    - the training hooks (:func:`dcn_plugin.engine.hooks.add_training_hooks`): atomic checkpoints whose
+      auto-resume skips broken ones, exact resume, and checkpoints that must fit the model (with
+      ``strict_load`` a loaded one too, else the error ends with ``load_remedy``);
     - datasets are checked when built (:func:`dcn_plugin.datasets.checks.checked_dataloader_builder`).
 
     Args:
@@ -218,18 +205,10 @@ def build_runner(cfg: Config, strict_load: bool = False, load_remedy: str = ''):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from ..engine.hooks import CheckpointMatchHook, TorchRNGStateHook
-    use_atomic_checkpoints(cfg)
+    from ..engine.hooks import add_training_hooks
+    add_training_hooks(cfg, strict_load=strict_load, remedy=load_remedy)
     setup_distributed(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    if not any(isinstance(h, TorchRNGStateHook) for h in runner.hooks):
-        runner.register_hook(TorchRNGStateHook())
-    match = [h for h in runner.hooks if isinstance(h, CheckpointMatchHook)]
-    if not match:
-        runner.register_hook(CheckpointMatchHook(strict_load=strict_load, remedy=load_remedy))
-    for hook in match:  # named by the config: the tool's strictness applies on top
-        hook.strict_load = hook.strict_load or strict_load
-        hook.remedy = load_remedy or hook.remedy
     runner.build_dataloader = checked_dataloader_builder(runner.build_dataloader)
     return runner
 

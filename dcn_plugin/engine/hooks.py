@@ -2,7 +2,7 @@
 
 All three are registered in mmengine's ``HOOKS`` when :mod:`dcn_plugin` is imported, so any config
 with ``custom_imports=dict(imports=['dcn_plugin'])`` can name them; ``tools/train.py`` and
-``tools/test.py`` add them to every run (:func:`dcn_plugin.apis.build_runner`):
+``tools/test.py`` add them to every run (:func:`add_training_hooks`, the one definition of the set):
 
 - :class:`AtomicCheckpointHook`: mmengine's ``CheckpointHook`` (same arguments) whose checkpoints
   and ``last_checkpoint`` are written atomically, whose old checkpoints (``max_keep_ckpts``) are
@@ -28,7 +28,7 @@ from ..utils.atomic import atomic_write, remove_partial_files
 from ..utils.checkpoint import find_resume_checkpoint
 from ..utils.state_dict import check_checkpoint_matches, compare_state_dict, state_dict_of
 
-__all__ = ['AtomicCheckpointHook', 'TorchRNGStateHook', 'CheckpointMatchHook']
+__all__ = ['AtomicCheckpointHook', 'TorchRNGStateHook', 'CheckpointMatchHook', 'add_training_hooks']
 
 
 def _resuming(runner) -> bool:
@@ -269,3 +269,38 @@ class CheckpointMatchHook(Hook):
                 runner.logger.warning(f'checkpoint {source} fits the model only partly; loading the weights that '
                                       f'fit:\n{diff.describe()}')
 
+
+
+def add_training_hooks(cfg: Any, strict_load: bool = False, remedy: str = '') -> Any:
+    """The hook set every run of the tools trains and tests with, written into ``cfg`` (an mmengine
+    ``Config``) where it is missing; the shipped configs name the same set, so mmdet's own tools get it too.
+
+    - ``default_hooks.checkpoint``: mmengine's ``CheckpointHook`` becomes :class:`AtomicCheckpointHook` with
+      the same arguments (another hook type is kept: the config chose it);
+    - ``custom_hooks`` gains :class:`TorchRNGStateHook` and :class:`CheckpointMatchHook` unless it names them;
+      a named ``CheckpointMatchHook`` gets ``strict_load`` on top of its own and ``remedy`` where given.
+
+    Returns:
+        ``cfg``, changed in place.
+    """
+    hooks = cfg.get('default_hooks', None)
+    ckpt = hooks.get('checkpoint', None) if hooks else None
+    if ckpt is not None and ckpt.get('type', None) in ('CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
+        ckpt['type'] = 'AtomicCheckpointHook'
+    custom = list(cfg.get('custom_hooks', None) or [])
+
+    def named(cls: type) -> list:
+        return [h for h in custom if h.get('type') in (cls, cls.__name__, f'dcn_plugin.{cls.__name__}')]
+
+    if not named(TorchRNGStateHook):
+        custom.append(dict(type='TorchRNGStateHook'))
+    match = named(CheckpointMatchHook)
+    if not match:
+        match = [dict(type='CheckpointMatchHook')]
+        custom += match
+    for hook in match:
+        hook['strict_load'] = bool(hook.get('strict_load', False)) or strict_load
+        if remedy:
+            hook['remedy'] = remedy
+    cfg['custom_hooks'] = custom
+    return cfg

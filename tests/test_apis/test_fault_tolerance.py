@@ -169,16 +169,37 @@ def test_checkpoints_and_last_checkpoint_are_written_atomically(tmp_path):
     assert sorted(os.listdir(tmp_path / 'sub')) == ['iter_8.pth', 'notes.partial']
 
 
-def test_the_tools_use_the_atomic_hook_and_keep_other_hook_types():
+def test_the_tools_add_the_hook_set_and_keep_what_the_config_chose():
     from mmengine.config import Config
 
-    from dcn_plugin.apis import use_atomic_checkpoints
+    from dcn_plugin.engine import add_training_hooks
     cfg = Config(dict(default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=3, max_keep_ckpts=2))))
-    use_atomic_checkpoints(cfg)
+    add_training_hooks(cfg)
     assert cfg.default_hooks.checkpoint == dict(type='AtomicCheckpointHook', interval=3, max_keep_ckpts=2)
-    cfg = Config(dict(default_hooks=dict(checkpoint=dict(type='MyCheckpointHook'))))
-    assert use_atomic_checkpoints(cfg).default_hooks.checkpoint.type == 'MyCheckpointHook'
-    assert use_atomic_checkpoints(Config(dict())).get('default_hooks') is None
+    assert [h['type'] for h in cfg.custom_hooks] == ['TorchRNGStateHook', 'CheckpointMatchHook']
+    cfg = Config(dict(default_hooks=dict(checkpoint=dict(type='MyCheckpointHook')),
+                      custom_hooks=[dict(type='CheckpointMatchHook', strict_load=True), dict(type='Other')]))
+    add_training_hooks(cfg, strict_load=False, remedy='use --allow-partial-load')
+    assert cfg.default_hooks.checkpoint.type == 'MyCheckpointHook'
+    assert [h['type'] for h in cfg.custom_hooks] == ['CheckpointMatchHook', 'Other', 'TorchRNGStateHook']
+    assert cfg.custom_hooks[0]['strict_load'] is True and cfg.custom_hooks[0]['remedy'] == 'use --allow-partial-load'
+    assert add_training_hooks(Config(dict())).get('default_hooks') is None
+
+
+def test_the_shipped_base_configs_name_the_hook_set_the_tools_add():
+    """The configs carry the set for mmdet's own tools; adding it to them changes nothing."""
+    import copy
+
+    from mmengine.config import Config
+
+    from dcn_plugin.engine import add_training_hooks
+    for name in ('dcn/faster-rcnn_r50_fpn_1x_coco.py', 'demo/faster-rcnn_r18_fpn_gn-all_demo-shapes.py'):
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+        before = (copy.deepcopy(cfg.default_hooks.checkpoint.to_dict()), [dict(h) for h in cfg.custom_hooks])
+        add_training_hooks(cfg)
+        after = (cfg.default_hooks.checkpoint.to_dict(), [{k: v for k, v in h.items() if k != 'strict_load'}
+                                                          for h in cfg.custom_hooks])
+        assert after == before, name
 
 
 def test_a_config_can_name_the_hooks_itself():
