@@ -38,7 +38,7 @@ import warnings
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Set, Tuple
 
 __all__ = ['DatasetError', 'DatasetWarning', 'check_dataset', 'diagnose_dataset_cfg', 'checked_dataloader_builder',
-           'count_annotations']
+           'count_annotations', 'load_coco_json']
 
 #: how many file names a message lists before '... (N more)'
 _SHOWN = 5
@@ -87,7 +87,7 @@ def _ann_path(ann_file: str, data_root: Optional[str]) -> str:
     return ann_file
 
 
-def _load_coco(path: str) -> Optional[Dict[str, Any]]:
+def load_coco_json(path: str) -> Optional[Dict[str, Any]]:
     """The COCO json at a local ``path`` (None if it is not a local file, or not COCO-style); a
     :class:`DatasetError` naming the file if it cannot be read or parsed."""
     if not path or '://' in path or not osp.isfile(path):
@@ -107,7 +107,7 @@ def _load_coco(path: str) -> Optional[Dict[str, Any]]:
 def _coco_summary(path: str) -> Optional[Dict[str, Any]]:
     """Image count, category names and annotations per category of a local COCO json (None if it is
     not one)."""
-    coco = _load_coco(path)
+    coco = load_coco_json(path)
     if coco is None:
         return None
     cats = {c.get('id'): c.get('name') for c in coco.get('categories', []) if isinstance(c, dict)}
@@ -176,7 +176,7 @@ def count_annotations(coco: Mapping[str, Any], classes: Optional[Sequence[str]] 
 
 def _check_annotations(leaf: Any, path: str, classes: Optional[Sequence[str]]) -> None:
     """Warn once about dropped annotations, refuse a split without a usable box or with empty image files."""
-    coco = _load_coco(path)
+    coco = load_coco_json(path)
     if coco is None:
         return
     counts = count_annotations(coco, classes)

@@ -24,6 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from .checks import DatasetError, load_coco_json
+
 __all__ = ['DEMO_CLASSES', 'DEMO_SPLITS', 'GENERATOR_VERSION', 'MIN_IMAGE_SIZE', 'MAX_IMAGE_SIZE', 'render_image',
            'generate_split', 'generate_demo_dataset', 'demo_dataset_exists', 'check_demo_arguments']
 
@@ -303,14 +305,10 @@ def generate_demo_dataset(out_dir: str = 'data/demo', seed: int = 0, splits: Opt
 def demo_dataset_exists(out_dir: str = 'data/demo', splits: Sequence[str] = ('train', 'val')) -> bool:
     """True when every split's annotation file and all the images it lists are present."""
     for split in splits:
-        path = osp.join(out_dir, 'annotations', f'instances_{split}.json')
-        if not osp.isfile(path):
-            return False
         try:
-            with open(path) as f:
-                coco = json.load(f)
-        except (OSError, ValueError):
+            coco = load_coco_json(osp.join(out_dir, 'annotations', f'instances_{split}.json'))
+        except DatasetError:  # unreadable or not JSON: generate it again
             return False
-        if not all(osp.isfile(osp.join(out_dir, split, im['file_name'])) for im in coco['images']):
+        if coco is None or not all(osp.isfile(osp.join(out_dir, split, im['file_name'])) for im in coco['images']):
             return False
     return True
