@@ -16,19 +16,8 @@ TINY_CFG = '''
 _base_ = {base!r}
 data_root = {root!r}
 image_size = 96
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
+train_pipeline = {train_pipeline!r}
+test_pipeline = {test_pipeline!r}
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root, pipeline=train_pipeline))
 test_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
@@ -56,9 +45,24 @@ def write_tiny(base: str, train: int = 8, val: int = 4, seed: int = 1, plain: bo
     if not demo_dataset_exists(root):
         generate_demo_dataset(root, seed=seed, splits={'train': train, 'val': val}, image_size=96)
     cfg = osp.join(str(base), name or ('tiny_plain.py' if plain else 'tiny_dcn.py'))
+    demo = DEMO_PLAIN if plain else DEMO_DCN
     with open(cfg, 'w') as f:
-        f.write(TINY_CFG.format(base=DEMO_PLAIN if plain else DEMO_DCN, root=root) + extra)
+        f.write(TINY_CFG.format(base=demo, root=root, **_pipelines(demo, 96)) + extra)
     return {'root': root, 'cfg': cfg}
+
+
+def _pipelines(config: str, size: int) -> Dict[str, list]:
+    """The config's train and test pipelines with images resized to ``size``."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    out = {}
+    for name in ('train_pipeline', 'test_pipeline'):
+        steps = [step.to_dict() for step in cfg[name]]
+        for step in steps:
+            if step['type'] == 'Resize':
+                step['scale'] = (size, size)
+        out[name] = steps
+    return out
 
 
 def run(args: List[str], cwd: str = ROOT, timeout: float = 600, env: Optional[dict] = None,
