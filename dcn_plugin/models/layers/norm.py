@@ -55,15 +55,8 @@ class ChannelLayerNorm2d(nn.LayerNorm):
     The output keeps the input's memory format (NCHW in, NCHW out; channels_last in, channels_last
     out).
 
-    Config: ``dict(type='ChannelLN', eps=1e-5, affine=True, requires_grad=True)``; only ``type`` is
-    needed.
-
-    Args:
-        num_channels: ``C``.
-        eps: added to the variance.
-        affine: learn ``weight`` (init 1) and ``bias`` (init 0), each of shape ``(C,)``.
-
-    Shape: ``(N, C, *)`` -> same.
+    Config ``dict(type='ChannelLN', eps=1e-5, affine=True, requires_grad=True)``; arguments and shapes as
+    :class:`SampleLayerNorm2d`.
     """
 
     _abbr_ = 'ln'
