@@ -23,7 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
-from dcn_plugin.apis import exit_on_user_error  # noqa: E402
+from dcn_plugin.apis import add_checkpoint_arguments, exit_on_user_error  # noqa: E402
 from dcn_plugin.deploy import DEFAULT_OPSET, check_opset  # noqa: E402
 from dcn_plugin.deploy.detector import (  # noqa: E402
     DEFAULT_RTOL,
@@ -46,10 +46,7 @@ def _rtol(text: str) -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Export a detector to ONNX (DeformConv, opset 19+) and check it')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file or URL (https://, torchvision://, open-mmlab://, ...)')
-    parser.add_argument('--allow-partial-load', action='store_true',
-                        help='export even if the checkpoint fits the model only partly (missing, unexpected or '
-                             'mis-shaped keys are then only warned about)')
+    add_checkpoint_arguments(parser, 'export')
     parser.add_argument('--out', required=True, help='the .onnx file to write (only when the check passes)')
     parser.add_argument('--image', help='image to check the export on (default: a rendered demo image)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,

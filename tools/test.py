@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
 
 from dcn_plugin.apis import (  # noqa: E402
+    add_checkpoint_arguments,
     build_runner,
     exit_on_user_error,
     load_config,
@@ -25,10 +26,7 @@ from dcn_plugin.apis import (  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file or URL (https://, torchvision://, open-mmlab://, ...)')
-    parser.add_argument('--allow-partial-load', action='store_true',
-                        help='evaluate even if the checkpoint fits the model only partly (missing, unexpected or '
-                             'mis-shaped keys are then only warned about)')
+    add_checkpoint_arguments(parser, 'evaluate')
     parser.add_argument('--work-dir', help='where metrics and logs go (default: work_dirs/<config name>)')
     parser.add_argument('--out', help='also dump the raw predictions to this .pkl file')
     parser.add_argument('--show', action='store_true', help='show the detections in a window')

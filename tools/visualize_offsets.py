@@ -18,7 +18,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
-from dcn_plugin.apis import exit_on_user_error  # noqa: E402
+from dcn_plugin.apis import add_checkpoint_arguments, exit_on_user_error  # noqa: E402
 from dcn_plugin.apis.visualize import visualize_offsets  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def _point(text: str):
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description='Visualise deformable conv sampling locations')
     parser.add_argument('config')
-    parser.add_argument('checkpoint', help='checkpoint file or URL')
+    add_checkpoint_arguments(parser, 'draw')
     parser.add_argument('image')
     parser.add_argument('--points', nargs='+', type=_point,
                         help='output positions X,Y in image pixels (1 to 16; default: the top detections)')
@@ -46,8 +46,6 @@ def main(argv=None) -> str:
     parser.add_argument('--topk', type=int, default=3, help='detections used as default positions (1 to 16)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--out', help='PNG path (default under work_dirs/visualize_offsets/)')
-    parser.add_argument('--allow-partial-load', action='store_true',
-                        help='draw even if the checkpoint fits the model only partly')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     with exit_on_user_error('visualize_offsets.py'):

@@ -18,7 +18,8 @@ from ..datasets.checks import DatasetError, checked_dataloader_builder
 from ..utils.atomic import atomic_write
 from ..utils.checkpoint import CheckpointError
 
-__all__ = ['parse_tool_args', 'load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
+__all__ = ['add_checkpoint_arguments',
+           'parse_tool_args', 'load_config', 'set_data_root', 'setup_train_cfg', 'setup_test_cfg', 'build_runner',
            'save_metrics', 'setup_distributed', 'teardown_distributed', 'default_work_dir',
            'exit_on_user_error']
 
@@ -39,6 +40,15 @@ def parse_tool_args(parser: argparse.ArgumentParser, argv: Optional[Any] = None)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """The tools' positional ``checkpoint`` (a file, or any URL mmengine loads through the restricted loader)
+    and ``--allow-partial-load`` (``purpose`` says what the tool then does anyway, e.g. ``'evaluate'``)."""
+    parser.add_argument('checkpoint', help='checkpoint file or URL (https://, torchvision://, open-mmlab://, ...)')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help=f'{purpose} even if the checkpoint fits the model only partly (missing, unexpected or '
+                             'mis-shaped keys are then only warned about)')
 
 
 def default_work_dir(config_path: str) -> str:
