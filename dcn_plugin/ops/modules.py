@@ -39,6 +39,9 @@ class ModulatedDeformConv2d(nn.Module):
         deformable_groups: mmcv's deprecated name of ``deform_groups``, accepted with mmcv's
             ``DeprecationWarning`` (keyword only).
 
+    The arguments are checked when the layer is built (a TypeError / ValueError naming the argument;
+    the geometry by the operator's own validator), as are those of every subclass.
+
     Forward ``(x, offset, mask)``: ``x (N, C, H, W)``, ``offset (N, 2*dg*kh*kw, Ho, Wo)``,
     ``mask (N, dg*kh*kw, Ho, Wo)`` or ``None`` -> ``(N, O, Ho, Wo)``. The modules script
     (``torch.jit.script``) and export to ONNX's ``DeformConv`` (:mod:`dcn_plugin.deploy`).
@@ -74,6 +77,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.dilation = tuple(to_pair(dilation, 'dilation'))
         self.groups = groups
         self.deform_groups = deform_groups
+        self._check_geometry()
         # mmcv compatibility: these exist on mmcv's modules and some code reads them
         self.transposed = False
         self.output_padding = (0, 0)
@@ -83,6 +87,25 @@ class ModulatedDeformConv2d(nn.Module):
         else:
             self.register_parameter('bias', None)
         self.init_weights()
+
+    def _check_geometry(self) -> None:
+        """Refuse a bad ``kernel_size``, ``stride``, ``padding`` or ``dilation`` when the layer is built, not
+        at its first forward: the operator's validator (its Meta kernel) checks them on meta tensors of a
+        size the layer accepts, so the rule and the message are the operator's."""
+        kh, kw = self.kernel_size
+        if kh < 1 or kw < 1:
+            raise ValueError(f'kernel_size must be a pair of positive ints, got {self.kernel_size}')
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        h, w = (kh - 1) * max(dh, 1) + 1, (kw - 1) * max(dw, 1) + 1  # the dilated kernel fits exactly
+        ho = max((h + 2 * ph - h) // sh + 1, 1) if sh >= 1 else 1
+        wo = max((w + 2 * pw - w) // sw + 1, 1) if sw >= 1 else 1
+        points = self.deform_groups * kh * kw
+        meta = dict(device='meta', dtype=torch.float32)
+        torch.ops.dcn_plugin.modulated_deform_conv2d(
+            torch.empty(1, self.in_channels, h, w, **meta), torch.empty(1, 2 * points, ho, wo, **meta),
+            torch.empty(1, points, ho, wo, **meta),
+            torch.empty(self.out_channels, self.in_channels // self.groups, kh, kw, **meta), None,
+            list(self.stride), list(self.padding), list(self.dilation), self.groups, self.deform_groups)
 
     def init_weights(self) -> None:
         """mmcv's initialisation: ``U(-1/sqrt(n), 1/sqrt(n))`` with ``n = C * kh * kw``, zero bias;

@@ -26,7 +26,7 @@ need the RoIs' values (finite, integral batch index in range, ``x2 >= x1`` and `
 kernels (on CUDA at the cost of one device synchronisation per call).
 """
 from numbers import Integral, Real
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -42,6 +42,28 @@ def _real(value, name: str) -> float:
     if isinstance(value, (bool, torch.Tensor)) or not isinstance(value, Real):
         raise TypeError(f'{name} must be a real number, got {value!r}')
     return float(value)
+
+
+def pool_args(output_size: IntPair, spatial_scale: float, sampling_ratio: int,
+              gamma: float) -> Tuple[List[int], float, int, float]:
+    """The operator's ``output_size``, ``spatial_scale``, ``sampling_ratio`` and ``gamma`` from Python
+    arguments: a TypeError naming the argument unless they are an int or pair of ints, a real number, an
+    int (not a bool or a float) and a real number. Their values are checked by the operator."""
+    size = to_pair(output_size, 'output_size')
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, Integral):
+        raise TypeError(f'sampling_ratio must be an int, got {sampling_ratio!r}')
+    return size, _real(spatial_scale, 'spatial_scale'), int(sampling_ratio), _real(gamma, 'gamma')
+
+
+def check_pool_args(output_size: IntPair, spatial_scale: float, sampling_ratio: int,
+                    gamma: float) -> Tuple[List[int], float, int, float]:
+    """:func:`pool_args`, with the values checked by the operator's validator (its Meta kernel, on meta
+    tensors): what a module checks when it is built, so that a bad argument is refused there, with the
+    operator's message, rather than at the first forward."""
+    args = pool_args(output_size, spatial_scale, sampling_ratio, gamma)
+    meta = dict(device='meta', dtype=torch.float32)
+    torch.ops.dcn_plugin.deform_roi_pool(torch.empty(1, 1, 1, 1, **meta), torch.empty(1, 5, **meta), None, *args)
+    return args
 
 
 def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: IntPair,
@@ -65,12 +87,9 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], outpu
     float32 (float64 for float64). Under autocast the op runs in the autocast dtype on CUDA and in
     float32 on CPU, with float32 RoIs.
     """
-    size = to_pair(output_size, 'output_size')
+    args = pool_args(output_size, spatial_scale, sampling_ratio, gamma)
     _check_python_args(input=input, rois=rois, offset=offset)
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, Integral):
-        raise TypeError(f'sampling_ratio must be an int, got {sampling_ratio!r}')
-    return torch.ops.dcn_plugin.deform_roi_pool(input, rois, offset, size, _real(spatial_scale, 'spatial_scale'),
-                                                int(sampling_ratio), _real(gamma, 'gamma'))
+    return torch.ops.dcn_plugin.deform_roi_pool(input, rois, offset, *args)
 
 
 # ----------------------------------------------------------------------------- autograd

@@ -21,8 +21,8 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .pair import IntPair, to_pair
-from .roi_pool import deform_roi_pool
+from .pair import IntPair
+from .roi_pool import check_pool_args, deform_roi_pool
 
 BRANCHES = ('mmcv', 'paper')
 
@@ -36,6 +36,9 @@ class DeformRoIPool(nn.Module):
         sampling_ratio: samples per bin side; 0 = adaptive (``ceil(bin size)``).
         gamma: offset scale (a bin moves by ``gamma * roi_size * offset``).
 
+    The arguments follow :func:`~dcn_plugin.ops.roi_pool.deform_roi_pool`'s rule and are checked when
+    the module is built (a TypeError / ValueError naming the argument).
+
     Forward ``(input, rois, offset=None)``: ``input (N, C, H, W)``, ``rois (K, 5)``,
     ``offset (K, 2, PH, PW)`` or ``None`` -> ``(K, C, PH, PW)``.
     """
@@ -43,10 +46,10 @@ class DeformRoIPool(nn.Module):
     def __init__(self, output_size: IntPair, spatial_scale: float = 1.0, sampling_ratio: int = 0,
                  gamma: float = 0.1):
         super().__init__()
-        self.output_size = tuple(to_pair(output_size, 'output_size'))
-        self.spatial_scale = float(spatial_scale)
-        self.sampling_ratio = int(sampling_ratio)
-        self.gamma = float(gamma)
+        # the functional op's rule, values checked by the operator now rather than at the first forward
+        size, self.spatial_scale, self.sampling_ratio, self.gamma = check_pool_args(output_size, spatial_scale,
+                                                                                     sampling_ratio, gamma)
+        self.output_size = tuple(size)
 
     def forward(self, input: Tensor, rois: Tensor, offset: Optional[Tensor] = None) -> Tensor:
         return deform_roi_pool(input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,

@@ -499,6 +499,31 @@ def test_pack_modules_refuse_wrong_channels_and_bad_arguments():
         DeformRoIPoolPack(2, 0)
 
 
+MODULE_ARGUMENTS = [
+    dict(output_size=-2), dict(output_size=(0, 2)), dict(output_size=(7, 10 ** 6)), dict(output_size=2.5),
+    dict(sampling_ratio=2.7), dict(sampling_ratio=True), dict(sampling_ratio=-1), dict(sampling_ratio=10 ** 6),
+    dict(spatial_scale='0.5'), dict(spatial_scale=0.0), dict(spatial_scale=float('nan')),
+    dict(gamma=None), dict(gamma=float('inf')),
+]
+
+
+@pytest.mark.parametrize('module', ['DeformRoIPool', 'DeformRoIPoolPack', 'ModulatedDeformRoIPoolPack'])
+@pytest.mark.parametrize('change', MODULE_ARGUMENTS, ids=[repr(c) for c in MODULE_ARGUMENTS])
+def test_modules_refuse_what_the_function_refuses_when_built(module, change):
+    """One rule: a module refuses at construction exactly what deform_roi_pool refuses, with its exception and
+    message (no silent int() / float() conversion, no failure deferred to the first forward)."""
+    args = _args()
+    args.update(change)
+    with pytest.raises((TypeError, ValueError)) as expected:
+        deform_roi_pool(**args)
+    pool = {k: args[k] for k in ('output_size', 'spatial_scale', 'sampling_ratio', 'gamma')}
+    cls = {'DeformRoIPool': DeformRoIPool, 'DeformRoIPoolPack': DeformRoIPoolPack,
+           'ModulatedDeformRoIPoolPack': ModulatedDeformRoIPoolPack}[module]
+    extra = {} if module == 'DeformRoIPool' else dict(output_channels=2, deform_fc_channels=4)
+    with pytest.raises(expected.type, match=re.escape(str(expected.value))):
+        cls(**pool, **extra)
+
+
 def test_learned_offsets_reach_the_offset_branch():
     torch.manual_seed(0)
     layer = DeformRoIPoolPack(2, 3, deform_fc_channels=8, spatial_scale=0.5)

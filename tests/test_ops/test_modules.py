@@ -1,6 +1,7 @@
 """The nn.Modules: mmcv's constructor arguments and parameter names, zero-initialised offsets,
 mmcv checkpoints loading unchanged, and the 'MDConv' / 'DConv' registrations."""
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +66,28 @@ def test_external_offset_modules_take_offset_and_mask():
 def test_constructor_rejects_inconsistent_arguments(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         ModulatedDeformConv2dPack(**kwargs)
+
+
+@pytest.mark.parametrize('change', [dict(stride=0), dict(stride=(1, -2)), dict(padding=-1), dict(dilation=0),
+                                    dict(dilation=(1, 2 ** 31))], ids=repr)
+@pytest.mark.parametrize('cls', [ModulatedDeformConv2dPack, DeformConv2dPack, ModulatedDeformConv2d, DeformConv2d])
+def test_constructor_refuses_what_the_operator_refuses(cls, change):
+    """A bad stride, padding or dilation is refused when the layer is built, with the operator's own message
+    (its validator), not at the first forward."""
+    from dcn_plugin.ops import modulated_deform_conv2d
+    args = dict(stride=1, padding=1, dilation=1)
+    args.update(change)
+    x, weight = torch.zeros(1, 4, 9, 9), torch.zeros(4, 4, 3, 3)
+    with pytest.raises(ValueError) as expected:
+        modulated_deform_conv2d(x, torch.zeros(1, 18, 9, 9), torch.zeros(1, 9, 9, 9), weight, None, **args)
+    with pytest.raises(ValueError, match=re.escape(str(expected.value))):
+        cls(4, 4, 3, **args)
+
+
+def test_constructor_refuses_a_kernel_size_below_one():
+    for kernel_size in (0, (3, -2)):
+        with pytest.raises(ValueError, match=r'kernel_size must be a pair of positive ints, got \('):
+            ModulatedDeformConv2dPack(4, 4, kernel_size)
 
 
 def test_old_conv_offset_mask_checkpoints_load():
