@@ -442,13 +442,16 @@ def checkpoint_problem(path: Union[str, os.PathLike]) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- the restricted loader
-def _unsafe_detail(message: str) -> str:
-    """The reason in torch's weights-only error message, without torch's advice around it."""
-    text = message.split('Check the documentation of torch.load')[0]
-    if 'WeightsUnpickler error:' in text:
-        text = text.rsplit('WeightsUnpickler error:', 1)[1]
-    elif text.startswith('Weights only load failed.'):
-        text = text[len('Weights only load failed.'):].split('\n')[0]
+def _unsafe_detail(error: BaseException) -> str:
+    """The reason the weights-only unpickler gave, without torch's advice around it: the original error,
+    which torch re-raises ``from None`` (so it is the new error's ``__context__``), else what follows
+    'WeightsUnpickler error:' in its message."""
+    original = error.__context__
+    if isinstance(original, pickle.UnpicklingError) and str(original).strip():
+        text = str(original)
+    else:
+        text = str(error).split('Check the documentation of torch.load')[0]
+        text = text.rsplit('WeightsUnpickler error:', 1)[-1]
     text = text.split(' Please use `torch.serialization.add_safe_globals')[0]
     text = ' '.join(line.strip() for line in text.splitlines() if line.strip()).rstrip('.')
     return text or 'an object outside the allow-list'
@@ -494,7 +497,7 @@ def load_checkpoint_file(source: Union[str, os.PathLike, BinaryIO, bytes], map_l
         text = str(e)
         if 'Weights only load failed' in text or 'refusing' in text:
             raise UnsafeCheckpointError(
-                f'refusing to load checkpoint {name}: {_unsafe_detail(text)}. A checkpoint may hold tensors, plain '
+                f'refusing to load checkpoint {name}: {_unsafe_detail(e)}. A checkpoint may hold tensors, plain '
                 'containers, plain numeric numpy arrays and scalars and mmengine HistoryBuffer objects only; '
                 'unpickling anything else could run code or corrupt memory') from e
         raise CorruptCheckpointError(f'checkpoint {name} is truncated or corrupt ({e})') from e

@@ -243,6 +243,29 @@ def test_the_environment_cannot_turn_weights_only_off(tmp_path, monkeypatch):
     assert not marker.exists()
 
 
+class _GetattrEscape:
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+@pytest.mark.parametrize('payload', ['getattr', 'os.system'])
+def test_a_refusal_names_the_file_and_the_reason(tmp_path, payload):
+    from dcn_plugin.utils import UnsafeCheckpointError, load_checkpoint_file
+    path = tmp_path / 'evil.pth'
+    evil = _GetattrEscape() if payload == 'getattr' else _RunsCode(tmp_path / 'pwned')
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': evil}}, path)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        load_checkpoint_file(path)
+    message = str(e.value)
+    assert message.startswith(f'refusing to load checkpoint {path}: ')
+    reason = ("refusing getattr(HistoryBuffer, '__init__') in a checkpoint: only public methods of "
+              'mmengine.logging.HistoryBuffer may be looked up' if payload == 'getattr' else
+              'GLOBAL posix.system')
+    assert reason in message, message
+    assert 'WeightsUnpickler error' not in message and 'Please file an issue' not in message, message
+
+
 # --------------------------------------------------------------------------- genuine checkpoints still load
 def _mmdet_style_checkpoint(state_dict):
     """What mmengine's Runner writes: meta with numpy values, a message hub with HistoryBuffers."""
