@@ -274,6 +274,39 @@ def test_run_demo_script_is_valid_bash_with_help():
         subprocess.run(['bash', '-n', osp.join(ROOT, 'tools', sh)], check=True)
 
 
+@pytest.mark.slow
+def test_run_demo_says_it_continues_a_run_only_when_there_is_a_checkpoint(tmp_path):
+    """A fresh clone trains from scratch and says so; a work dir with an intact checkpoint is continued from it
+    (the training and evaluation tools are stand-ins here: only the script's own decisions run)."""
+    import shutil
+    import stat
+    sandbox = tmp_path / 'repo'
+    (sandbox / 'tools').mkdir(parents=True)
+    shutil.copy(osp.join(ROOT, 'tools', 'run_demo.sh'), sandbox / 'tools')
+    for tool in ('train.py', 'test.py', 'visualize_offsets.py', 'generate_demo_data.py', 'collect_metrics.py'):
+        (sandbox / 'tools' / tool).write_text('import sys\nprint("stand-in", sys.argv[1:])\n')
+    os.symlink(osp.join(ROOT, 'dcn_plugin'), sandbox / 'dcn_plugin')
+    os.symlink(osp.join(ROOT, 'configs'), sandbox / 'configs')
+    (sandbox / '.venv' / 'bin').mkdir(parents=True)
+    python = sandbox / '.venv' / 'bin' / 'python'
+    python.write_text(f'#!/bin/sh\nexec {PY} "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    wd = sandbox / 'work_dirs' / 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes'
+    wd.mkdir(parents=True)
+    (wd / 'last_checkpoint').write_text(str(wd / 'iter_1000.pth'))  # what the stand-in train.py leaves behind
+
+    def demo():
+        return run(['bash', str(sandbox / 'tools' / 'run_demo.sh'), '--no-setup'], cwd=str(sandbox)).out
+
+    out = demo()
+    assert 'from scratch' in out and 'continues' not in out, out[-2000:]
+    (wd / 'last_checkpoint').unlink()
+    torch.save({'state_dict': {}}, wd / 'iter_500.pth')
+    (wd / 'last_checkpoint').write_text(str(wd / 'iter_500.pth'))
+    out = demo()
+    assert f'continues the interrupted run from {wd / "iter_500.pth"}' in out and 'from scratch' not in out, out
+
+
 # --------------------------------------------------------------------------- the tools, end to end (slow)
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):

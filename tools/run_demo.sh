@@ -67,7 +67,13 @@ else
   if [ -n "$PROBLEM" ]; then
     say "3/5 the final checkpoint $FINAL $PROBLEM: training resumes from the newest intact checkpoint"
   fi
-  say "3/5 training $NAME (continues an interrupted run; log and checkpoints in $WORK_DIR)"
+  # the newest intact checkpoint of an earlier run, the one train.py --resume takes (none: from scratch)
+  RESUME_FROM="$("$PY" -c "import sys; from dcn_plugin.utils.checkpoint import find_resume_checkpoint as f; print(f(sys.argv[1])[0] or '')" "$WORK_DIR")"
+  if [ -n "$RESUME_FROM" ]; then
+    say "3/5 training $NAME: continues the interrupted run from $RESUME_FROM (log and checkpoints in $WORK_DIR)"
+  else
+    say "3/5 training $NAME from scratch (log and checkpoints in $WORK_DIR)"
+  fi
   "$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" --resume
   CKPT="$(cat "$WORK_DIR/last_checkpoint")"
 fi
