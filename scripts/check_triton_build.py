@@ -93,7 +93,10 @@ def compile_one(spec: KernelSpec, dtype: torch.dtype, flags: Dict[str, bool], in
             signature[name] = int_type
     target = GPUTarget('cuda', arch, 32)
     backend = triton.compiler.make_backend(target)
-    options = backend.parse_options({'num_warps': cfg.num_warps, 'num_stages': cfg.num_stages})
+    launch = {'num_warps': cfg.num_warps, 'num_stages': cfg.num_stages}
+    if cfg.maxnreg is not None:
+        launch['maxnreg'] = cfg.maxnreg
+    options = backend.parse_options(launch)
     kernel = triton.compile(ASTSource(spec.fn, signature, constexprs, attrs), target=target,
                             options=options.__dict__)
     regs, spill_st, spill_ld = ptxas_report(kernel.asm['ptx'], arch)
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument('--quick', action='store_true', help="only the flags' all-on combination")
     args = parser.parse_args(argv)
     print(f'triton {triton.__version__}, ptxas {triton.knobs.nvidia.ptxas.path}')
-    header = f'{"kernel":<18} {"tiles P x O x C, warps, stages":<30} {"dtype":<9} {"ints":<4} {"sm":>3} ' \
+    header = f'{"kernel":<18} {"tiles P x O x C, warps, stages[, maxnreg]":<40} {"dtype":<9} {"ints":<4} {"sm":>3} ' \
              f'{"regs max":>8} {"spill B":>7} {"smem B max":>10} {"builds":>6}'
     print(header)
     print('-' * len(header))
@@ -129,7 +132,8 @@ def main(argv: Sequence[str] = None) -> int:
     t0 = time.time()
     for spec in KERNELS:
         cfg = spec.config
-        tiles = f'{cfg.block_p}x{cfg.block_o}x{cfg.block_c}, {cfg.num_warps}, {cfg.num_stages}'
+        tiles = f'{cfg.block_p}x{cfg.block_o}x{cfg.block_c}, {cfg.num_warps}, {cfg.num_stages}' + \
+            ('' if cfg.maxnreg is None else f', {cfg.maxnreg}')
         for dtype in deform_conv.DTYPES:
             for int_type in ('i32', 'i64'):
                 for arch in args.arch:
@@ -147,7 +151,7 @@ def main(argv: Sequence[str] = None) -> int:
                         if st + ld:
                             spills += st + ld
                             worst = ' SPILLS with ' + ','.join(k for k, v in flags.items() if v)
-                    print(f'{spec.name:<18} {tiles:<30} {str(dtype)[6:]:<9} {int_type:<4} {arch:>3} {regs:>8} '
+                    print(f'{spec.name:<18} {tiles:<40} {str(dtype)[6:]:<9} {int_type:<4} {arch:>3} {regs:>8} '
                           f'{spills:>7} {smem:>10} {builds:>6}{worst}', flush=True)
                     failed += spills > 0
     print(f'compiled in {time.time() - t0:.0f} s')

@@ -157,9 +157,9 @@ def test_any_memory_layout_gives_the_contiguous_result(layout, interpreter_tiles
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m: f'{name}: {m}')
 
 
-def test_gradients_have_the_op_layouts():
+@pytest.mark.parametrize('case', [Case(), Case(n=1, c=1, o=2, tag='size-1 dims')], ids=lambda c: c.tag or '3x3')
+def test_gradients_have_the_op_layouts(case):
     # as the C++ kernels and the Meta kernel: input, offset, mask channels-last; weight contiguous
-    case = Case()
     x = case.make(dtype=torch.float32, device=DEVICE)
     go = torch.randn(x.input.shape[0], case.o, *case.out_hw, device=DEVICE)
     grads = triton_ops.backward(go, x.input, x.offset, x.mask, x.weight, *case.conv_args(), [True] * 5)

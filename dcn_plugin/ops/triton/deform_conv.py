@@ -48,14 +48,18 @@ class LaunchConfig:
     block_c: int
     num_warps: int
     num_stages: int
+    # ptxas's register limit per thread (None: its own choice, which may cap at 128 with 8 warps and spill)
+    maxnreg: Optional[int] = None
 
 
 # Chosen so that no kernel spills registers on sm_80 or sm_90 in any dtype or index width, with room to
 # spare (scripts/check_triton_build.py; docs/benchmarks.md has the figures). One pipeline stage: the
-# loops' bodies are gathers, which software pipelining would only hold twice in registers.
+# loops' bodies are gathers, which software pipelining would only hold twice in registers. The column
+# gradient needs up to about 190 registers in its int64 build: left to itself ptxas aims at 128 there
+# and spills, so its limit is set.
 FORWARD_CONFIG = LaunchConfig(block_p=32, block_o=64, block_c=16, num_warps=8, num_stages=1)
 WEIGHT_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=8, num_stages=1)
-COLUMN_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=8, num_stages=1)
+COLUMN_GRAD_CONFIG = LaunchConfig(block_p=32, block_o=32, block_c=16, num_warps=8, num_stages=1, maxnreg=255)
 
 
 def interpreted() -> bool:
@@ -243,14 +247,13 @@ def _conv_weight_grad_kernel(
 
 
 @triton.jit
-def _scatter_reduce_tap(inp, gin, gcol, base_in, base_gin, tmask, coef, NEED_INPUT: tl.constexpr,
-                        NEED_TAPS: tl.constexpr):
+def _scatter_reduce_tap(inp, gin, gcol, base, tmask, coef, NEED_INPUT: tl.constexpr, NEED_TAPS: tl.constexpr):
     """One tap of a channel block: adds ``gcol * coef`` into the input gradient (atomically) and returns
     ``sum over channels of gcol * tap value`` per position (0 when the tap sums are not needed)."""
     if NEED_INPUT:
-        tl.atomic_add(gin + base_gin, gcol * coef[:, None], mask=tmask, sem='relaxed')
+        tl.atomic_add(gin + base, gcol * coef[:, None], mask=tmask, sem='relaxed')
     if NEED_TAPS:
-        v = tl.load(inp + base_in, mask=tmask, other=0.0).to(tl.float32)
+        v = tl.load(inp + base, mask=tmask, other=0.0).to(tl.float32)
         return tl.sum(gcol * v, axis=1)
     else:
         return tl.zeros((gcol.shape[0],), dtype=tl.float32)
@@ -262,7 +265,7 @@ def _conv_column_grad_kernel(
         NP, HW, WO, H, W, CG, OG, CD, KH, KW,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         s_go_n, s_go_c, s_go_h, s_go_w, s_in_n, s_in_h, s_in_w, s_off_n, s_off_c, s_off_h, s_off_w,
-        s_m_n, s_m_c, s_m_h, s_m_w, s_w_o, s_w_c, s_w_h, s_w_w, s_gi_n, s_gi_h, s_gi_w,
+        s_m_n, s_m_c, s_m_h, s_m_w, s_w_o, s_w_c, s_w_h, s_w_w,
         s_goff_n, s_goff_c, s_goff_h, s_goff_w, s_gm_n, s_gm_c, s_gm_h, s_gm_w,
         HAS_MASK: tl.constexpr, NEED_INPUT: tl.constexpr, NEED_OFFSET: tl.constexpr, NEED_MASK: tl.constexpr,
         IDX_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
@@ -284,7 +287,6 @@ def _conv_column_grad_kernel(
     s11 = tl.zeros((BLOCK_P,), dtype=tl.float32)
     go_base = n * s_go_n + ho * s_go_h + wo * s_go_w
     in_base = n * s_in_n + y0 * s_in_h + x0 * s_in_w
-    gi_base = n * s_gi_n + y0 * s_gi_h + x0 * s_gi_w
     # the input gradient's coefficients; the rest (fractions, weights, mask) is recomputed after the loop,
     # which keeps fewer values alive through it
     c00, c01, c10, c11 = w00 * m, w01 * m, w10 * m, w11 * m
@@ -310,16 +312,13 @@ def _conv_column_grad_kernel(
                 wt = tl.load(w_ptr, mask=omask[:, None] & cmask[None, :], other=0.0)
                 gcol = _dot(go, wt, gcol, DOT_FP32, PRECISION)
             cm = cmask[None, :]
-            b_in = in_base[:, None] + cc[None, :]
-            b_gi = gi_base[:, None] + cc[None, :]
-            s00 += _scatter_reduce_tap(inp, gin, gcol, b_in, b_gi, v00[:, None] & cm, c00,
-                                       NEED_INPUT, NEED_TAPS)
-            s01 += _scatter_reduce_tap(inp, gin, gcol, b_in + s_in_w, b_gi + s_gi_w, v01[:, None] & cm, c01,
-                                       NEED_INPUT, NEED_TAPS)
-            s10 += _scatter_reduce_tap(inp, gin, gcol, b_in + s_in_h, b_gi + s_gi_h, v10[:, None] & cm, c10,
-                                       NEED_INPUT, NEED_TAPS)
-            s11 += _scatter_reduce_tap(inp, gin, gcol, b_in + s_in_h + s_in_w, b_gi + s_gi_h + s_gi_w,
-                                       v11[:, None] & cm, c11, NEED_INPUT, NEED_TAPS)
+            # the input gradient buffer has the input rows' layout: one offset tile serves both
+            b = in_base[:, None] + cc[None, :]
+            s00 += _scatter_reduce_tap(inp, gin, gcol, b, v00[:, None] & cm, c00, NEED_INPUT, NEED_TAPS)
+            s01 += _scatter_reduce_tap(inp, gin, gcol, b + s_in_w, v01[:, None] & cm, c01, NEED_INPUT, NEED_TAPS)
+            s10 += _scatter_reduce_tap(inp, gin, gcol, b + s_in_h, v10[:, None] & cm, c10, NEED_INPUT, NEED_TAPS)
+            s11 += _scatter_reduce_tap(inp, gin, gcol, b + s_in_h + s_in_w, v11[:, None] & cm, c11, NEED_INPUT,
+                                       NEED_TAPS)
     n, ho, wo, pmask = _positions(_ix(pid_p, IDX_64) * BLOCK_P, NP, HW, WO, BLOCK_P, IDX_64)
     i, j, y0, x0, ly, lx, v00, v01, v10, v11, w00, w01, w10, w11, m = _offset_and_taps(
         off, msk, n, ho, wo, pmask, d, k, K, KW, H, W, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
@@ -379,9 +378,13 @@ def _geometry(input: Tensor, weight: Tensor, stride: Sequence[int], padding: Seq
 
 
 def _rows(t: Tensor) -> Tensor:
-    """``t`` channels-last (channel stride 1, as the kernels read the input): a view when it is already,
-    else one copy (the C++ drivers make the same one)."""
-    return t.contiguous(memory_format=torch.channels_last)
+    """``t`` as channels-last rows with the standard strides (channel stride 1, as the kernels read the
+    input, and the strides of the input gradient buffer): ``t`` itself when it has them, else one copy
+    (the C++ drivers make the same one)."""
+    n, c, h, w = t.shape
+    if t.stride() == (h * w * c, 1, w * c, c):
+        return t
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
 
 
 def _nhw_strides(t: Tensor) -> List[int]:
@@ -410,7 +413,7 @@ def _needs_int64(*tensors: Optional[Tensor]) -> bool:
 def _launch_flags(cfg: LaunchConfig, *tensors: Optional[Tensor]) -> dict:
     return dict(IDX_64=_needs_int64(*tensors), DOT_FP32=interpreted(), PRECISION=dot_precision(),
                 BLOCK_P=cfg.block_p, BLOCK_O=cfg.block_o, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+                num_stages=cfg.num_stages, **({} if cfg.maxnreg is None else {'maxnreg': cfg.maxnreg}))
 
 
 def _device_of(t: Tensor):
@@ -466,8 +469,9 @@ def conv_backward(grad_output: Tensor, input: Tensor, offset: Tensor, mask: Opti
         return input.new_empty(0)
 
     acc_dtype = torch.float32
-    g_in_acc = torch.zeros(input.shape, dtype=acc_dtype, device=input.device).to(memory_format=cl) \
-        if want_in else None
+    inp = _rows(input)
+    # float32 accumulation, in the input rows' layout (channels-last, the strides the kernel reads)
+    g_in_acc = torch.zeros_like(inp, dtype=acc_dtype) if want_in else None
     g_off = torch.empty(offset.shape, dtype=offset.dtype, device=offset.device, memory_format=cl) \
         if want_off else none()
     g_msk = torch.empty(mask.shape, dtype=mask.dtype, device=mask.device, memory_format=cl) \
@@ -480,7 +484,6 @@ def conv_backward(grad_output: Tensor, input: Tensor, offset: Tensor, mask: Opti
             t.zero_()
     else:
         msk, s_m = _mask_args(mask, offset)
-        inp = _rows(input)
         common = _common_args(geo, stride, padding, dilation)
         with _device_of(input):
             if want_w:
@@ -497,13 +500,15 @@ def conv_backward(grad_output: Tensor, input: Tensor, offset: Tensor, mask: Opti
             if want_in or want_off or want_msk:
                 cfg = COLUMN_GRAD_CONFIG
                 grid = (triton.cdiv(geo.np, cfg.block_p), geo.kh * geo.kw * geo.deform_groups)
+                # the input gradient buffer and the input rows share one layout: the kernel reads one set
+                # of strides for both
                 gi = g_in_acc if want_in else offset
                 goff = g_off if want_off else offset
                 gm = g_msk if want_msk else offset
                 _conv_column_grad_kernel[grid](
                     grad_output, inp, offset, msk, weight, gi, goff, gm, *common,
                     *grad_output.stride(), *_nhw_strides(inp), *offset.stride(), *s_m, *weight.stride(),
-                    *(_nhw_strides(gi) if want_in else (0,) * 3), *(goff.stride() if want_off else (0,) * 4),
+                    *(goff.stride() if want_off else (0,) * 4),
                     *(gm.stride() if want_msk else (0,) * 4),
                     HAS_MASK=mask is not None, NEED_INPUT=want_in, NEED_OFFSET=want_off, NEED_MASK=want_msk,
                     **_launch_flags(cfg, grad_output, inp, offset, mask, weight, g_in_acc, g_off, g_msk))
