@@ -340,6 +340,16 @@ def test_every_name_mmcv_loads_exists_and_the_missing_ones_say_what_to_install()
             pass  # an implemented one, called without its arguments
 
 
+def test_the_stand_in_works_in_a_process_that_never_imported_torchvision():
+    """torchvision's operators exist in torch.ops only once torchvision is imported: the stand-in imports it."""
+    import subprocess
+    import sys
+    code = ('import torch, mmcv.ops; b = torch.tensor([[0., 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]]); '
+            'print(mmcv.ops.nms(b, torch.tensor([0.9, 0.8, 0.7]), 0.5)[1].tolist())')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == '[0, 2]', out.stderr[-2000:]
+
+
 def test_a_compiled_ext_next_to_this_file_would_take_precedence():
     """Python's file finder tries extension modules before source files in the same folder."""
     import importlib._bootstrap_external as bootstrap

@@ -23,6 +23,7 @@ dcn_plugin repository), so pip records it and removes it cleanly.
 from typing import Callable, Dict, List, Optional
 
 import torch
+import torchvision  # noqa: F401  (registers torch.ops.torchvision.nms, roi_align, _roi_align_backward)
 from torch import Tensor
 
 #: the marker dcn_plugin and its tests read to tell this module from a compiled mmcv
