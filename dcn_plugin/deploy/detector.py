@@ -127,20 +127,10 @@ def load_detector(config: str, checkpoint: Optional[str], cfg_options: Optional[
         dcn_plugin.utils.state_dict.CheckpointMismatchError: the checkpoint has no weights, or keys that
             are missing, unexpected or mis-shaped (unless ``allow_partial_load``).
     """
-    import warnings
-
-    from mmdet.apis import init_detector
-
-    from ..apis.runner import load_config  # also allow-lists the checkpoint types
-    from ..utils.state_dict import load_model_checkpoint
-    cfg = load_config(config, cfg_options)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='checkpoint is None')  # the weights are loaded below
-        model = init_detector(cfg, None, device=device)
-    if checkpoint is not None:
-        load_model_checkpoint(model, checkpoint, allow_partial_load,
-                              remedy='To export with the weights that fit anyway, pass --allow-partial-load.')
-    return model.eval()
+    from ..utils.state_dict import init_detector_from_checkpoint
+    return init_detector_from_checkpoint(
+        config, checkpoint, cfg_options, device, allow_partial_load,
+        remedy='To export with the weights that fit anyway, pass --allow-partial-load.')
 
 
 def load_image(model: nn.Module, image: Union[str, np.ndarray]) -> Tensor:

@@ -10,14 +10,14 @@ convolutions, says so.
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
 from .checkpoint import CheckpointError
 
 __all__ = ['CheckpointMismatchError', 'StateDictDiff', 'compare_state_dict', 'check_checkpoint_matches',
-           'state_dict_of', 'register_training_only_keys', 'load_model_checkpoint']
+           'state_dict_of', 'register_training_only_keys', 'load_model_checkpoint', 'init_detector_from_checkpoint']
 
 #: mmengine's default ``revise_keys`` (a DataParallel / DDP ``module.`` prefix is stripped)
 DEFAULT_REVISE_KEYS: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)
@@ -186,3 +186,25 @@ def load_model_checkpoint(model, checkpoint: str, allow_partial_load: bool = Fal
             and hasattr(model, 'dataset_meta'):
         model.dataset_meta = {k.lower(): v for k, v in meta['dataset_meta'].items()}  # as mmdet's init_detector
     return loaded
+
+
+def init_detector_from_checkpoint(config: Any, checkpoint: Optional[str] = None,
+                                  cfg_options: Optional[Mapping[str, Any]] = None, device: str = 'cpu',
+                                  allow_partial_load: bool = False, remedy: str = '') -> nn.Module:
+    """mmdet's ``init_detector`` for ``config`` (a path or an mmengine ``Config``; ``cfg_options`` merged in),
+    then ``checkpoint`` (None: the config's initialisation) through :func:`load_model_checkpoint`: the
+    restricted loader and the exact-fit rule of ``tools/test.py``. Returns the model in eval mode, with
+    ``model.cfg`` the config."""
+    import warnings
+
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='checkpoint is None')  # the weights are loaded below
+        model = init_detector(cfg, None, device=device)
+    if checkpoint is not None:
+        load_model_checkpoint(model, checkpoint, allow_partial_load, remedy=remedy)
+    return model.eval()
