@@ -185,6 +185,38 @@ def test_record_dcn_layers_sees_every_dcn_call():
     assert not any(m._forward_hooks for m in model.modules())
 
 
+def test_overlapping_detections_get_one_panel():
+    """mmdet's NMS is per class: one object detected under two labels must not give two near-identical panels."""
+    from dcn_plugin.visualization import PANEL_IOU, select_panel_boxes
+    boxes = np.array([[10, 10, 50, 50], [12, 11, 51, 52], [60, 60, 90, 90], [0, 0, 30, 30], [11, 9, 49, 50.]])
+    scores = np.array([0.6, 0.9, 0.8, 0.7, 0.5])
+    assert PANEL_IOU == 0.5
+    assert select_panel_boxes(boxes, scores, topk=3) == [1, 2, 3]  # 0 and 4 overlap the better 1 (IoU > 0.5)
+    assert select_panel_boxes(boxes, scores, topk=16) == [1, 2, 3]
+    assert select_panel_boxes(boxes, scores, topk=2) == [1, 2]
+    assert select_panel_boxes(boxes, scores, topk=5, iou_thr=1.0) == [1, 2, 3, 0, 4]
+    assert select_panel_boxes(np.zeros((0, 4)), np.zeros(0), topk=3) == []
+
+
+def test_each_panel_outlines_its_own_detection():
+    from dcn_plugin.visualization.offsets import PANEL_BOX_COLOUR, draw_sampling_locations
+    image = np.zeros((40, 80, 3), np.uint8)
+    boxes = [np.array([4., 4., 30., 30.]), np.array([44., 6., 76., 34.])]
+    panels = [(np.array([[17., 17.]]), np.ones(1), np.array([17., 17.])),
+              (np.array([[60., 20.]]), np.ones(1), np.array([60., 20.]))]
+    pic = draw_sampling_locations(image, panels, modulated=False, boxes=np.stack(boxes), upscale=1,
+                                  panel_boxes=boxes)
+    colour = np.all(pic == np.array(PANEL_BOX_COLOUR, np.uint8), axis=-1)
+    for index, own in enumerate(boxes):
+        panel = colour[:40, index * 80:(index + 1) * 80]
+        x1, y1, x2, y2 = own.astype(int)
+        assert panel[y1 + 10, x1] and panel[y1 + 10, x2] and panel[y2, x1 + 10]  # its own box, in the colour
+        other = boxes[1 - index].astype(int)
+        assert not panel[other[1] + 10, other[0]] and not panel[other[1] + 10, other[2]]  # not the other's
+    with pytest.raises(ValueError, match='one box \\(or None\\) per panel: 2 panels, 1 boxes'):
+        draw_sampling_locations(image, panels, modulated=False, panel_boxes=boxes[:1])
+
+
 # --------------------------------------------------------------------------- tool wiring (fast)
 def _tool(name):
     import importlib.util

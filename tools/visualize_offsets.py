@@ -5,7 +5,9 @@
 The locations of the last ``--num-layers`` deformable layers of the backbone are stacked (each
 sampling point of one layer is an output unit of the layer before, as in the DCN papers' figures),
 coloured by the product of the modulation weights for DCNv2. Default positions: the centres of the
-top detections. The PNG goes under work_dirs/visualize_offsets/ unless --out says otherwise.
+top detections, one panel each, its detection's box outlined in magenta and numbered as the panel; a
+detection whose box overlaps a better one by IoU > 0.5 (one object detected twice, e.g. under two labels)
+gets no panel of its own. The PNG goes under work_dirs/visualize_offsets/ unless --out says otherwise.
 The points multiply by 9 per stacked layer (3x3 kernels): --num-layers is limited to 5 (59049 points
 per position) and to the number of deformable layers found; at most 16 positions are drawn.
 """
@@ -43,7 +45,9 @@ def main(argv=None) -> str:
     parser.add_argument('--group', type=int, default=0,
                         help='deform group whose offsets are followed (below the layers\' deform_groups)')
     parser.add_argument('--score-thr', type=float, default=0.3, help='detection score threshold in [0, 1]')
-    parser.add_argument('--topk', type=int, default=3, help='detections used as default positions (1 to 16)')
+    parser.add_argument('--topk', type=int, default=3,
+                        help='detections used as default positions (1 to 16; one per object: boxes overlapping '
+                             'a better one by IoU > 0.5 are skipped)')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--out', help='PNG path (default under work_dirs/visualize_offsets/)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)

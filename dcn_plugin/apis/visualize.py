@@ -14,6 +14,7 @@ from ..visualization.offsets import (
     check_num_layers,
     draw_sampling_locations,
     record_dcn_layers,
+    select_panel_boxes,
     stack_sampling_locations,
 )
 
@@ -60,8 +61,11 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
         image: image file.
         out: PNG path (default ``work_dirs/visualize_offsets/<config name>/<image name>_offsets.png``).
         points: 1 to :data:`MAX_PANELS` ``(x, y)`` positions inside the image, in pixels; default: the
-            centres of the ``topk`` detections scoring at least ``score_thr`` (the image centre when
-            there are none).
+            centres of the ``topk`` best detections scoring at least ``score_thr``, leaving out a
+            detection whose box overlaps a better chosen one by IoU >
+            :data:`~dcn_plugin.visualization.PANEL_IOU` (one object detected twice, e.g. with two labels,
+            gets one panel); each panel then outlines its detection's box in magenta, numbered as the
+            panel (the image centre when there are no detections).
         num_layers: consecutive deformable layers to stack (``(kh*kw)**num_layers`` points), from 1 to
             the number of deformable layers matching ``layers``, and at most
             :data:`~dcn_plugin.visualization.MAX_STACKED_POINTS` points (5 layers of 3x3 kernels).
@@ -114,10 +118,14 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
     scale = np.asarray(meta.get('scale_factor', (1.0, 1.0)), dtype=np.float64)[:2]  # (w, h) factors
     input_hw = tuple(meta.get('batch_input_shape', meta['img_shape']))
     inst = result.pred_instances
-    keep = (inst.scores >= score_thr).nonzero().flatten()[:topk]
-    boxes = inst.bboxes[keep].cpu().numpy() if len(keep) else np.zeros((0, 4))
+    confident = (inst.scores >= score_thr).nonzero().flatten().cpu().numpy()
+    all_boxes = inst.bboxes[confident].cpu().numpy().reshape(-1, 4)
+    # one panel per object: a detection overlapping a chosen one by IoU > PANEL_IOU gets none
+    boxes = all_boxes[select_panel_boxes(all_boxes, inst.scores[confident].cpu().numpy(), topk)]
+    panel_boxes = None
     if points is None:
         points = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes] or [(img.shape[1] / 2, img.shape[0] / 2)]
+        panel_boxes = list(boxes) or None
     panels: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for x, y in points:
         pts, w, origin = stack_sampling_locations(chosen, (x * scale[0], y * scale[1]), input_hw,
@@ -126,7 +134,7 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
     used = [r.name for r in chosen[-num_layers:]]
     title = f'{len(used)} DCN layers ({used[0]} .. {used[-1]})'
     pic = draw_sampling_locations(img, panels, modulated=chosen[-1].modulated, boxes=boxes, upscale=upscale,
-                                  title=title)
+                                  title=title, panel_boxes=panel_boxes)
     if out is None:
         name = osp.splitext(osp.basename(config))[0]
         out = osp.join('work_dirs', 'visualize_offsets', name, osp.splitext(osp.basename(image))[0] + '_offsets.png')

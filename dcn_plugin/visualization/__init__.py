@@ -5,13 +5,15 @@ sampling locations through consecutive layers, and drawing them (needs torch and
 """
 from .offsets import (
                       MAX_STACKED_POINTS,
+                      PANEL_IOU,
                       DCNRecord,
                       check_group,
                       check_num_layers,
                       draw_sampling_locations,
                       record_dcn_layers,
+                      select_panel_boxes,
                       stack_sampling_locations,
 )
 
 __all__ = ['DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations',
-           'check_num_layers', 'check_group', 'MAX_STACKED_POINTS']
+           'check_num_layers', 'check_group', 'select_panel_boxes', 'MAX_STACKED_POINTS', 'PANEL_IOU']

@@ -22,11 +22,17 @@ from torch import Tensor, nn
 from ..ops import DeformConv2dPack, ModulatedDeformConv2dPack
 
 __all__ = ['DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations',
-           'check_num_layers', 'check_group', 'MAX_STACKED_POINTS']
+           'check_num_layers', 'check_group', 'select_panel_boxes', 'MAX_STACKED_POINTS', 'PANEL_IOU']
 
 #: the most sampling points stacked for one position ((kh*kw)**num_layers): 9**5 for 3x3 kernels.
 #: The count grows geometrically with the layers (9**12 points would need hundreds of GB).
 MAX_STACKED_POINTS = 9 ** 5
+#: detections whose boxes overlap a higher-scoring chosen one by more than this IoU get no panel of their own:
+#: mmdet's NMS works per class, so one object can come out twice (two labels) and would give two near-identical
+#: panels
+PANEL_IOU = 0.5
+#: the colour (BGR) of the detection a panel belongs to
+PANEL_BOX_COLOUR = (255, 0, 255)
 
 
 @dataclass
@@ -205,36 +211,81 @@ def stack_sampling_locations(records: Sequence[DCNRecord], point_xy: Sequence[fl
     return points, weights.numpy(), origin
 
 
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one x1y1x2y2 box with ``(M, 4)`` boxes."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    union = area(box) + area(boxes) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def select_panel_boxes(boxes: np.ndarray, scores: np.ndarray, topk: int, iou_thr: float = PANEL_IOU) -> List[int]:
+    """The detections that get a panel: up to ``topk``, highest score first, leaving out each one whose box
+    overlaps an already chosen box by more than ``iou_thr`` (IoU, whatever the labels).
+
+    Args:
+        boxes: ``(M, 4)`` x1y1x2y2. scores: ``(M,)``. topk: the most panels. iou_thr: in [0, 1].
+
+    Returns:
+        Indices into ``boxes``, in panel order.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    chosen: List[int] = []
+    for i in np.argsort(-np.asarray(scores, np.float64), kind='stable'):
+        if len(chosen) == topk:
+            break
+        if not chosen or _iou(boxes[i], boxes[chosen]).max() <= iou_thr:
+            chosen.append(int(i))
+    return chosen
+
+
 def draw_sampling_locations(image: np.ndarray, panels: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
                             modulated: bool, boxes: Optional[np.ndarray] = None, upscale: int = 2,
-                            title: str = '') -> np.ndarray:
+                            title: str = '', panel_boxes: Optional[Sequence[Optional[np.ndarray]]] = None
+                            ) -> np.ndarray:
     """Draw one panel per output position: the image, the sampling points (coloured by modulation
-    weight for DCNv2, yellow for DCNv1) and the output unit (green cross).
+    weight for DCNv2, yellow for DCNv1), the output unit (green cross) and, when the position is a
+    detection's, that detection's box (thick, :data:`PANEL_BOX_COLOUR`, numbered as the panel).
 
     Args:
         image: ``(H, W, 3)`` uint8 BGR, in the same pixel frame as the points.
         panels: ``(points (K, 2) xy, weights (K,), origin (2,) xy)`` per position.
         modulated: colour by weight (DCNv2) or not (DCNv1).
-        boxes: optional ``(M, 4)`` x1y1x2y2 boxes to outline (e.g. the detections).
+        boxes: optional ``(M, 4)`` x1y1x2y2 boxes to outline thinly in white (e.g. the detections).
         upscale: magnification of the drawing.
         title: text written on the first panel.
+        panel_boxes: optional, one x1y1x2y2 box (or None) per panel: the detection the panel belongs to.
 
     Returns:
-        ``(H*upscale + legend, W*upscale*len(panels), 3)`` uint8 BGR picture.
+        ``(H*upscale + legend, W*upscale*len(panels), 3)`` uint8 BGR picture (the legend says what the
+        colours mean).
     """
     import cv2
+    if panel_boxes is not None and len(panel_boxes) != len(panels):
+        raise ValueError(f'panel_boxes must give one box (or None) per panel: {len(panels)} panels, '
+                         f'{len(panel_boxes)} boxes')
     h, w = image.shape[:2]
     base = cv2.resize(image, (w * upscale, h * upscale), interpolation=cv2.INTER_NEAREST)
     gray = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY)
     # dim grey: the colours stand out
     base = cv2.cvtColor((gray.astype(np.float32) * 0.55).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     out = []
-    for points, weights, origin in panels:
+    for index, (points, weights, origin) in enumerate(panels):
         canvas = base.copy()
         if boxes is not None:
             for b in boxes:
                 x1, y1, x2, y2 = (np.asarray(b[:4]) * upscale).astype(int)
                 cv2.rectangle(canvas, (x1, y1), (x2, y2), (255, 255, 255), 1, cv2.LINE_AA)
+        own = panel_boxes[index] if panel_boxes is not None else None
+        if own is not None:  # the detection this panel belongs to
+            x1, y1, x2, y2 = (np.asarray(own[:4]) * upscale).astype(int)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), PANEL_BOX_COLOUR, max(2, upscale), cv2.LINE_8)
+            cv2.putText(canvas, f'#{index + 1}', (x1 + 3, max(y1 - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        PANEL_BOX_COLOUR, 1, cv2.LINE_AA)
         # products of masks span decades: colour on a log scale, two decades below the 98th percentile
         top = float(np.percentile(weights, 98)) if len(weights) else 1.0
         order = np.argsort(weights)  # strongest drawn last (on top)
@@ -251,10 +302,13 @@ def draw_sampling_locations(image: np.ndarray, panels: Sequence[Tuple[np.ndarray
                        2, cv2.LINE_AA)
         out.append(canvas)
     pic = np.concatenate(out, axis=1) if out else base
-    legend = np.zeros((28, pic.shape[1], 3), np.uint8)
+    legend = np.zeros((28 if panel_boxes is None else 46, pic.shape[1], 3), np.uint8)
     text = title + ('  colour: product of modulation weights, log scale (blue <= 1%, red >= 98th pct)'
                     if modulated else '')
     cv2.putText(legend, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    if panel_boxes is not None:
+        cv2.putText(legend, 'magenta box #n: the detection of panel n', (6, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    PANEL_BOX_COLOUR, 1, cv2.LINE_AA)
     if modulated:
         bar = cv2.applyColorMap(np.linspace(0, 255, 120).astype(np.uint8)[None].repeat(10, 0), cv2.COLORMAP_JET)
         if pic.shape[1] > 140:
