@@ -765,3 +765,17 @@ def test_a_legacy_zipped_hub_file_is_never_unpacked_into_the_cache(torch_home, t
         assert repr(member) in str(e.value) and cached in str(e.value)
     planted = [osp.join(d, f) for d, _, files in os.walk(torch_home) for f in files if f != osp.basename(cached)]
     assert planted == []
+
+
+def test_the_readme_states_what_the_loader_checks():
+    """The README's checkpoint-safety section says what is checked, with the loader's own numbers."""
+    from dcn_plugin.utils import checkpoint
+    readme = open(osp.join(ROOT, 'README.md')).read()
+    section = readme.split('## Checkpoint safety', 1)[1].split('\n## ', 1)[0]
+    text = ' '.join(section.split())
+    for claim in (f'`name-<{checkpoint._MIN_HASH_DIGITS} or more hex digits>.ext`', 'on every use',
+                  'never unpacked into the cache', 'No pickled state reaches numpy',
+                  f'at most {checkpoint._NUMPY_MAX_DIMS} non-negative dimensions', 'exactly itemsize x size',
+                  'no object, structured, string or datetime dtypes', 'names the file and the reason',
+                  'CRCs', '`tools/export_onnx.py`'):
+        assert claim in text, claim
