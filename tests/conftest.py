@@ -4,19 +4,20 @@ import tempfile
 import pytest
 import torch
 
-from dcn_plugin.ops._library import source_digest
+# Where no GPU is, the Triton kernels (tests/test_ops/test_triton_*.py) run in Triton's interpreter on CPU
+# tensors. Triton reads the switch when a function is defined, its own library's included, so it is set
+# before anything imports triton (importing torch does not; importing dcn_plugin can, through torch); with
+# a GPU they are compiled and run on it.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+from dcn_plugin.ops._library import source_digest  # noqa: E402
 
 # Inductor's on-disk cache does not key on a custom op's Meta kernel: code compiled against an older
 # version of our op (other output strides, say) would be reused and fail. Key the tests' cache on the
 # op's sources instead (kept across runs while they are unchanged).
 os.environ.setdefault('TORCHINDUCTOR_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), f'torchinductor_dcn_plugin_{source_digest()}'))
-
-# Where no GPU is, the Triton kernels (tests/test_ops/test_triton_*.py) run in Triton's interpreter on CPU
-# tensors. Triton reads the switch when a kernel is defined, so it is set here, before any test module
-# imports dcn_plugin.ops.triton; with a GPU they are compiled and run on it.
-if not torch.cuda.is_available():
-    os.environ.setdefault('TRITON_INTERPRET', '1')
 
 # keep the op tests reproducible and the 2-core CI machine responsive
 torch.set_num_threads(int(os.environ.get('DCN_TEST_THREADS', '2')))

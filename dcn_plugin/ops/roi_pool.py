@@ -31,7 +31,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .functional import _check_python_args, refuse_double_backward
+from .backend import cuda_backend_for
+from .functional import _check_python_args, _cxx_cuda_op, refuse_double_backward
 from .pair import IntPair, to_pair
 
 _OP = 'dcn_plugin::deform_roi_pool'
@@ -114,3 +115,28 @@ torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)
 
 
 refuse_double_backward('dcn_plugin::deform_roi_pool_backward', 'deform_roi_pool')
+
+
+# ----------------------------------------------------------------------------- CUDA kernels
+# As the convolution's (functional.py): the Triton kernels or the C++ CUDA kernels (private ops), by the
+# rule of dcn_plugin.ops.backend.
+def _forward_cuda(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma):
+    if cuda_backend_for(input.dtype) == 'triton':
+        from . import triton as triton_kernels
+        return triton_kernels.roi_pool_forward(input, rois, offset, output_size, spatial_scale, sampling_ratio,
+                                               gamma)
+    return _cxx_cuda_op('_deform_roi_pool_cuda')(input, rois, offset, output_size, spatial_scale, sampling_ratio,
+                                                 gamma)
+
+
+def _backward_cuda(grad_output, input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, output_mask):
+    if cuda_backend_for(input.dtype) == 'triton':
+        from . import triton as triton_kernels
+        return triton_kernels.roi_pool_backward(grad_output, input, rois, offset, output_size, spatial_scale,
+                                                sampling_ratio, gamma, output_mask)
+    return _cxx_cuda_op('_deform_roi_pool_backward_cuda')(grad_output, input, rois, offset, output_size,
+                                                          spatial_scale, sampling_ratio, gamma, output_mask)
+
+
+torch.library.impl(_OP, 'CUDA', _forward_cuda)
+torch.library.impl('dcn_plugin::deform_roi_pool_backward', 'CUDA', _backward_cuda)

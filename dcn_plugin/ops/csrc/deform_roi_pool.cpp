@@ -225,4 +225,47 @@ TORCH_LIBRARY_IMPL(dcn_plugin, Meta, m) {
   m.impl("deform_roi_pool_backward", &roi_pool_backward_meta);
 }
 
+// ----------------------------------------------------------------------------------- the validator as ops
+// For kernels written outside C++ (the Triton kernels): the validator and the checks on the RoIs' values,
+// on the real tensors (the values on a float64 CPU copy of the RoIs), so every backend raises the same
+// errors.
+namespace {
+
+int64_t first_bad_roi_host(const at::Tensor& rois_acc, const RoiPoolParams& p) {
+  const at::Tensor r = rois_acc.to(at::kCPU, at::kDouble).contiguous();
+  const double* v = r.data_ptr<double>();
+  for (int64_t k = 0; k < p.k; ++k)
+    if (roi_fault<double>(v + 5 * k, p.n, p.spatial_scale) != kRoiOk) return k;
+  return -1;
+}
+
+void check_rois_values(const at::Tensor& input, const at::Tensor& rois, const RoiPoolParams& p) {
+  RoiPoolBackend host{};
+  host.first_bad_roi = &first_bad_roi_host;
+  check_rois_data(host, rois.to(acc_dtype(input)), p);
+}
+
+void check_roi_pool_args_op(const at::Tensor& input, const at::Tensor& rois, const std::optional<at::Tensor>& offset,
+                            at::IntArrayRef output_size, double spatial_scale, int64_t sampling_ratio, double gamma) {
+  const RoiPoolParams p =
+      check_roi_pool_args<int64_t>(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma);
+  check_rois_values(input, rois, p);
+}
+
+void check_roi_pool_backward_args_op(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& rois,
+                                     const std::optional<at::Tensor>& offset, at::IntArrayRef output_size,
+                                     double spatial_scale, int64_t sampling_ratio, double gamma) {
+  const RoiPoolParams p =
+      check_roi_pool_args<int64_t>(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma);
+  check_roi_pool_grad_output(grad_output, input, p);
+  check_rois_values(input, rois, p);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcn_plugin, CompositeExplicitAutograd, m) {
+  m.impl("_check_deform_roi_pool_args", &check_roi_pool_args_op);
+  m.impl("_check_deform_roi_pool_backward_args", &check_roi_pool_backward_args_op);
+}
+
 }  // namespace dcn_plugin

@@ -6,11 +6,11 @@
 //                                               (output_mask says which; the others come back empty)
 // Autograd is registered from Python (dcn_plugin/ops/functional.py).
 //
-// On CUDA the convolution's public ops are Python kernels (dcn_plugin/ops/functional.py) that choose the
+// On CUDA the convolution's and RoI pooling's public ops are Python kernels (dcn_plugin/ops/functional.py) that choose the
 // Triton kernels (dcn_plugin/ops/triton) or the C++ CUDA kernels, registered under the private names
-// _modulated_deform_conv2d_cuda / _modulated_deform_conv2d_backward_cuda (same schemas). Both paths
-// validate through _check_modulated_deform_conv2d_args / _check_modulated_deform_conv2d_backward_args:
-// the one validator (deform_conv.cpp), exposed as ops that return nothing.
+// _modulated_deform_conv2d_cuda, _deform_roi_pool_cuda and their _backward_cuda (same schemas). The
+// Triton path validates through the _check_*_args ops: each op's one validator (deform_conv.cpp,
+// deform_roi_pool.cpp), exposed as ops that return nothing.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <Python.h>
@@ -108,6 +108,21 @@ TORCH_LIBRARY(dcn_plugin, m) {
   m.def(
       "deform_roi_pool_backward(Tensor grad_output, Tensor input, Tensor rois, Tensor? offset, int[2] output_size, "
       "float spatial_scale, int sampling_ratio, float gamma, bool[2] output_mask) -> (Tensor, Tensor)");
+  // the same split for RoI pooling: C++ CUDA kernels under private names, the validator (with the checks
+  // on the RoIs' values) as ops for the Triton kernels
+  m.def(
+      "_deform_roi_pool_cuda(Tensor input, Tensor rois, Tensor? offset, int[2] output_size, float spatial_scale, "
+      "int sampling_ratio, float gamma) -> Tensor");
+  m.def(
+      "_deform_roi_pool_backward_cuda(Tensor grad_output, Tensor input, Tensor rois, Tensor? offset, "
+      "int[2] output_size, float spatial_scale, int sampling_ratio, float gamma, bool[2] output_mask) -> "
+      "(Tensor, Tensor)");
+  m.def(
+      "_check_deform_roi_pool_args(Tensor input, Tensor rois, Tensor? offset, int[2] output_size, "
+      "float spatial_scale, int sampling_ratio, float gamma) -> ()");
+  m.def(
+      "_check_deform_roi_pool_backward_args(Tensor grad_output, Tensor input, Tensor rois, Tensor? offset, "
+      "int[2] output_size, float spatial_scale, int sampling_ratio, float gamma) -> ()");
   m.def("_source_digest() -> str", &source_digest);
   m.def("_built_with_cuda() -> bool", &built_with_cuda);
 }

@@ -296,9 +296,11 @@ const RoiPoolBackend kCudaRoiPool{&first_bad_roi_cuda, &transpose_last2_cuda, &f
 
 }  // namespace
 
+// Private names: the public ops' CUDA kernels (dcn_plugin/ops/roi_pool.py) call these or the Triton
+// kernels, by one backend rule.
 TORCH_LIBRARY_IMPL(dcn_plugin, CUDA, m) {
-  m.impl("deform_roi_pool", &roi_pool_forward_kernel<kCudaRoiPool>);
-  m.impl("deform_roi_pool_backward", &roi_pool_backward_kernel<kCudaRoiPool>);
+  m.impl("_deform_roi_pool_cuda", &roi_pool_forward_kernel<kCudaRoiPool>);
+  m.impl("_deform_roi_pool_backward_cuda", &roi_pool_backward_kernel<kCudaRoiPool>);
 }
 
 }  // namespace dcn_plugin
