@@ -32,7 +32,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from dcn_plugin.ops.triton import deform_conv  # noqa: E402
+from dcn_plugin.ops.triton import deform_conv, roi_pool  # noqa: E402
 
 _TRITON_DTYPE = {torch.float16: 'fp16', torch.bfloat16: 'bf16', torch.float32: 'fp32'}
 
@@ -40,12 +40,14 @@ _TRITON_DTYPE = {torch.float16: 'fp16', torch.bfloat16: 'bf16', torch.float32: '
 @dataclass(frozen=True)
 class KernelSpec:
     """One kernel: its pointer arguments (``None``: the data's dtype; else a fixed Triton type), its flags
-    (constexpr booleans, every combination compiled) and its launch configuration."""
+    (constexpr booleans, every combination compiled), its launch configuration, and its float32 scalar
+    arguments (the others are integers)."""
     name: str
     fn: object
     pointers: Dict[str, object]
     flags: Tuple[str, ...]
     config: deform_conv.LaunchConfig
+    floats: Tuple[str, ...] = ()
 
 
 KERNELS = (
@@ -58,6 +60,12 @@ KERNELS = (
     KernelSpec('conv_column_grad', deform_conv._conv_column_grad_kernel,
                {**{p: None for p in ('gout', 'inp', 'off', 'msk', 'wgt', 'goff', 'gmsk')}, 'gin': 'fp32'},
                ('HAS_MASK', 'NEED_INPUT', 'NEED_OFFSET', 'NEED_MASK'), deform_conv.COLUMN_GRAD_CONFIG),
+    KernelSpec('roi_pool_forward', roi_pool._roi_pool_forward_kernel,
+               {'inp': None, 'rois': 'fp32', 'off': None, 'out': None}, ('HAS_OFFSET',), roi_pool.ROI_POOL_CONFIG,
+               ('spatial_scale', 'gamma')),
+    KernelSpec('roi_pool_backward', roi_pool._roi_pool_backward_kernel,
+               {'gout': None, 'inp': None, 'rois': 'fp32', 'off': None, 'gin': 'fp32', 'goff': None},
+               ('HAS_OFFSET', 'NEED_INPUT', 'NEED_OFFSET'), roi_pool.ROI_POOL_CONFIG, ('spatial_scale', 'gamma')),
 )
 
 
@@ -82,9 +90,12 @@ def compile_one(spec: KernelSpec, dtype: torch.dtype, flags: Dict[str, bool], in
     cfg = spec.config
     constexprs = dict(flags, IDX_64=int_type == 'i64', DOT_FP32=False, PRECISION='tf32', BLOCK_P=cfg.block_p,
                       BLOCK_O=cfg.block_o, BLOCK_C=cfg.block_c)
+    constexprs = {k: v for k, v in constexprs.items() if k in spec.fn.arg_names}
     signature, attrs = {}, {}
     for i, name in enumerate(spec.fn.arg_names):
-        if name in constexprs:
+        if name in spec.floats:
+            signature[name] = 'fp32'
+        elif name in constexprs:
             signature[name] = 'constexpr'
         elif name in spec.pointers:
             signature[name] = '*' + (spec.pointers[name] or _TRITON_DTYPE[dtype])
@@ -113,6 +124,10 @@ def flag_combinations(spec: KernelSpec, quick: bool) -> List[Dict[str, bool]]:
         # gradient only where there is a mask
         if spec.name == 'conv_column_grad' and (not any(values[1:]) or (flags['NEED_MASK'] and
                                                                           not flags['HAS_MASK'])):
+            continue
+        # RoI pooling's backward: likewise, and an offset gradient only with offsets
+        if spec.name == 'roi_pool_backward' and (not any(values[1:]) or (flags['NEED_OFFSET'] and
+                                                                           not flags['HAS_OFFSET'])):
             continue
         combos.append(flags)
     return combos
