@@ -24,7 +24,7 @@ use_cuda_toolkit "$PY" || echo "[gpu_check] no CUDA toolkit found: the build wil
 SANITIZER="$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")"
 TESTS=(-m cuda tests/test_ops)
 MEMCHECK=(-m 'cuda and not slow' -k 'not gradcheck and not opcheck' tests/test_ops)
-TRITON=(tests/test_ops/test_triton_conv.py tests/test_ops/test_triton_backend.py)
+TRITON=(tests/test_ops/test_triton_conv.py tests/test_ops/test_triton_roi_pool.py tests/test_ops/test_triton_backend.py)
 note() { echo "[gpu_check] $*" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME LIMIT_S CMD...: CMD into OUT/NAME.log, with a time limit; one line into summary.txt
   local name=$1 limit=$2 t0=$SECONDS rc=0; shift 2
