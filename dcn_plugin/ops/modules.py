@@ -59,16 +59,16 @@ class ModulatedDeformConv2d(nn.Module):
             warnings.warn(f'"deformable_groups" is deprecated in `{type(self).__name__}.__init__`, please use '
                           '"deform_groups" instead', DeprecationWarning, stacklevel=_caller_stacklevel())
             deform_groups = deformable_groups
-        for name, v in (('in_channels', in_channels), ('out_channels', out_channels),
-                        ('groups', groups), ('deform_groups', deform_groups)):
+        # the layer's own shapes (as torchvision's DeformConv2d checks them); every rule of the operator,
+        # deform_groups included, is the operator's validator's (_check_geometry)
+        for name, v in (('in_channels', in_channels), ('out_channels', out_channels), ('groups', groups)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f'{name} must be a positive int, got {v!r}')
         if in_channels % groups or out_channels % groups:
             raise ValueError(f'in_channels ({in_channels}) and out_channels ({out_channels}) must be '
                              f'divisible by groups ({groups})')
-        if in_channels % deform_groups:
-            raise ValueError(f'in_channels ({in_channels}) must be divisible by deform_groups '
-                             f'({deform_groups})')
+        if isinstance(deform_groups, bool) or not isinstance(deform_groups, int):
+            raise TypeError(f'deform_groups must be an int, got {deform_groups!r}')
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = tuple(to_pair(kernel_size, 'kernel_size'))
@@ -99,7 +99,7 @@ class ModulatedDeformConv2d(nn.Module):
         h, w = (kh - 1) * max(dh, 1) + 1, (kw - 1) * max(dw, 1) + 1  # the dilated kernel fits exactly
         ho = max((h + 2 * ph - h) // sh + 1, 1) if sh >= 1 else 1
         wo = max((w + 2 * pw - w) // sw + 1, 1) if sw >= 1 else 1
-        points = self.deform_groups * kh * kw
+        points = max(self.deform_groups, 0) * kh * kw
         meta = dict(device='meta', dtype=torch.float32)
         torch.ops.dcn_plugin.modulated_deform_conv2d(
             torch.empty(1, self.in_channels, h, w, **meta), torch.empty(1, 2 * points, ho, wo, **meta),

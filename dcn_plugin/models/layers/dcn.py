@@ -1,5 +1,4 @@
 """Validation of ``dcn`` configs and the ``build_conv_layer`` configs of the deformable convs they describe."""
-from numbers import Integral
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
 from torch import nn
@@ -39,7 +38,7 @@ def resolve_dcn_cfg(dcn: Optional[Dict[str, Any]], arg: str = 'dcn') -> Optional
 
     Raises:
         TypeError: ``dcn`` is not a dict or ``None``.
-        ValueError: unknown ``type``, bad ``deform_groups`` or unexpected keys.
+        ValueError: unknown ``type`` or unexpected keys (``deform_groups`` is checked by the layer).
     """
     if dcn is None:
         return None
@@ -53,9 +52,7 @@ def resolve_dcn_cfg(dcn: Optional[Dict[str, Any]], arg: str = 'dcn') -> Optional
     if not isinstance(layer_type, str) or layer_type not in DCN_TYPES:
         raise ValueError(f"{arg}['type'] must be one of {sorted(DCN_TYPES)} ('MDConv'/'DCNv2': DCNv2, "
                          f"'DConv'/'DCN': DCNv1), got {layer_type!r}")
-    deform_groups = cfg.pop('deform_groups', 1)
-    if isinstance(deform_groups, bool) or not isinstance(deform_groups, Integral) or deform_groups < 1:
-        raise ValueError(f"{arg}['deform_groups'] must be a positive int, got {deform_groups!r}")
+    deform_groups = cfg.pop('deform_groups', 1)  # the layer checks it, by the operator's rule
     fallback = cfg.pop('fallback_on_stride', False)
     if not isinstance(fallback, bool):
         raise ValueError(f"{arg}['fallback_on_stride'] must be a bool, got {fallback!r}")
@@ -65,7 +62,7 @@ def resolve_dcn_cfg(dcn: Optional[Dict[str, Any]], arg: str = 'dcn') -> Optional
     if cfg:
         raise ValueError(f"{arg} has unexpected keys {sorted(cfg)}; accepted: 'type', 'deform_groups', "
                          f"'fallback_on_stride'")
-    return dict(type=_CANONICAL[DCN_TYPES[layer_type]], deform_groups=int(deform_groups),
+    return dict(type=_CANONICAL[DCN_TYPES[layer_type]], deform_groups=deform_groups,
                 fallback_on_stride=fallback)
 
 
