@@ -498,8 +498,7 @@ def test_resuming_a_dcn_run_from_a_plain_checkpoint_says_why_it_cannot(tiny):
 @needs_mmdet
 def test_visualize_offsets_loads_checkpoints_strictly(tmp_path):
     from dcn_plugin import ModulatedDeformConv2dPack
-    from dcn_plugin.apis import load_model_checkpoint
-    from dcn_plugin.utils.state_dict import CheckpointMismatchError
+    from dcn_plugin.utils.state_dict import CheckpointMismatchError, load_model_checkpoint
     model = nn.Sequential(ModulatedDeformConv2dPack(3, 4, 3, padding=1))
     plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1))
     torch.save({'state_dict': plain.state_dict()}, tmp_path / 'plain.pth')
@@ -548,7 +547,7 @@ def test_stacking_validates_layers_and_groups_against_the_model():
 
 @needs_mmdet
 def test_visualize_offsets_refuses_points_outside_the_image(tiny):
-    from dcn_plugin.apis import visualize_offsets
+    from dcn_plugin.visualization import visualize_offsets
     with pytest.raises(ValueError, match=r'points \(--points\): \(200.0, 5.0\) is outside the 96x96 image'):
         visualize_offsets(tiny['cfg'], None, osp.join(tiny['root'], 'val', '000000.png'), points=[(200.0, 5.0)])
 

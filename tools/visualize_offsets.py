@@ -21,7 +21,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
 from dcn_plugin.apis import add_checkpoint_arguments, exit_on_user_error  # noqa: E402
-from dcn_plugin.apis.visualize import visualize_offsets  # noqa: E402
+from dcn_plugin.visualization import visualize_offsets  # noqa: E402
 
 
 def _point(text: str):

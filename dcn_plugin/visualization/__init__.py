@@ -1,8 +1,10 @@
 """Where deformable layers sample: recording their offsets and masks in a forward pass, stacking the
 sampling locations through consecutive layers, and drawing them (needs torch and numpy; OpenCV to draw).
 
-``tools/visualize_offsets.py`` runs a detector and draws with these (:func:`dcn_plugin.apis.visualize_offsets`).
+:func:`visualize_offsets` (``tools/visualize_offsets.py``) runs a detector on an image and draws with these
+(it needs mmdet, imported when called).
 """
+from .detector import MAX_PANELS, visualize_offsets
 from .offsets import (
                       MAX_STACKED_POINTS,
                       PANEL_IOU,
@@ -15,5 +17,6 @@ from .offsets import (
                       stack_sampling_locations,
 )
 
-__all__ = ['DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations',
+__all__ = ['visualize_offsets', 'MAX_PANELS',
+           'DCNRecord', 'record_dcn_layers', 'stack_sampling_locations', 'draw_sampling_locations',
            'check_num_layers', 'check_group', 'select_panel_boxes', 'MAX_STACKED_POINTS', 'PANEL_IOU']

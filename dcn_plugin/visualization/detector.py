@@ -3,13 +3,12 @@ import math
 import os
 import os.path as osp
 import re
-import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..utils.state_dict import load_model_checkpoint
-from ..visualization.offsets import (
+from ..utils.state_dict import init_detector_from_checkpoint
+from .offsets import (
     check_group,
     check_num_layers,
     draw_sampling_locations,
@@ -18,7 +17,7 @@ from ..visualization.offsets import (
     stack_sampling_locations,
 )
 
-__all__ = ['visualize_offsets', 'load_model_checkpoint', 'MAX_PANELS']
+__all__ = ['visualize_offsets', 'MAX_PANELS']
 
 #: the most positions drawn in one picture (one panel each, side by side)
 MAX_PANELS = 16
@@ -86,8 +85,7 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
         The PNG's path.
     """
     import cv2
-    from mmdet.apis import inference_detector, init_detector
-    from mmengine.config import Config
+    from mmdet.apis import inference_detector
 
     _check_arguments(points, num_layers, group, score_thr, topk, upscale, layers)
     img = cv2.imread(image, cv2.IMREAD_COLOR)
@@ -97,15 +95,9 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
         for x, y in points:
             if not (0 <= x < img.shape[1] and 0 <= y < img.shape[0]):
                 raise ValueError(f'points (--points): ({x}, {y}) is outside the {img.shape[1]}x{img.shape[0]} image')
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='checkpoint is None')  # the weights are loaded below
-        model = init_detector(cfg, None, device=device)
-    if checkpoint is not None:
-        load_model_checkpoint(model, checkpoint, allow_partial_load,
-                              remedy='To draw with the weights that fit anyway, pass --allow-partial-load.')
+    model = init_detector_from_checkpoint(
+        config, checkpoint, cfg_options, device, allow_partial_load,
+        remedy='To draw with the weights that fit anyway, pass --allow-partial-load.')
     with record_dcn_layers(model) as records:
         result = inference_detector(model, image)
     pattern = re.compile(layers)
