@@ -273,7 +273,8 @@ def test_frozen_stages_and_norm_eval_behave_as_in_mmdet():
 @pytest.mark.parametrize('kwargs, exc, match', [
     (dict(depth=18, dcn=dict(type='DCNv3')), ValueError, r"dcn\['type'\] must be one of"),
     (dict(depth=18, dcn='MDConv'), TypeError, r'dcn must be None or a dict'),
-    (dict(depth=18, dcn=dict(type='MDConv', deform_groups=0)), ValueError, r'deform_groups must be a positive int, got 0'),
+    (dict(depth=18, dcn=dict(type='MDConv', deform_groups=0)), ValueError,
+     r'deform_groups must be a positive int, got 0'),
     (dict(depth=18, dcn=dict(type='MDConv', stride=2)), ValueError, r"dcn must not set \['stride'\]"),
     (dict(depth=18, dcn_last_blocks=-1), ValueError, 'dcn_last_blocks'),
     (dict(depth=18, dcn_last_blocks=(1, 2)), ValueError, 'dcn_last_blocks must be None, an int or one entry per '
