@@ -45,7 +45,8 @@ for arg in "$@"; do
 done
 [ "$FULL_MMCV" = 0 ] || [ "$FULL_MMCV" = 1 ] || { echo "setup_env.sh: DCN_PLUGIN_FULL_MMCV must be 0 or 1" >&2; exit 2; }
 
-log() { printf '[setup_env] %s\n' "$*" >&2; }
+SETUP_START=$(date +%s)
+log() { printf '[setup_env] %s (%d s)\n' "$*" "$(( $(date +%s) - SETUP_START ))" >&2; }
 mkdir -p "$ROOT/work_dirs"
 
 # shellcheck source=scripts/cuda_env.sh
