@@ -66,6 +66,7 @@ def test_process_state_feeds_the_rule(monkeypatch):
 
 
 def test_cuda_kernels_of_the_public_ops_are_registered_from_python():
-    # the C++ CUDA kernels sit under private names; the public ops' CUDA kernels are the rule's
-    for op in ('modulated_deform_conv2d', 'modulated_deform_conv2d_backward'):
+    # the C++ CUDA kernels sit under private names; the public ops' CUDA kernels apply the rule
+    for op in ('modulated_deform_conv2d', 'modulated_deform_conv2d_backward', 'deform_roi_pool',
+               'deform_roi_pool_backward'):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f'dcn_plugin::{op}', 'CUDA')
