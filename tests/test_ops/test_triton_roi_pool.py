@@ -63,6 +63,13 @@ def test_random_problems_match_the_reference(seed):
     _check(x, rois, off, out, params)
 
 
+def test_int64_index_build_matches_the_reference(monkeypatch):
+    # the IDX_64 build runs where a tensor passes 2^31 elements; forced here on a small problem
+    monkeypatch.setattr(roi_pool_kernels, '_needs_int64', lambda *tensors: True)
+    x, rois, off = make_case(k=4, spread=1.2)
+    _check(x, rois, off, (3, 2), HYPER['fixed 2x2 grid'])
+
+
 @pytest.mark.parametrize('dtype,rtol', [(torch.float16, 4e-3), (torch.bfloat16, 3e-2)], ids=['float16', 'bfloat16'])
 def test_half_precision_matches_float64_reference(dtype, rtol):
     # the kernels themselves (the op's validator allows 16-bit tensors on CUDA only); float32 RoIs, as
