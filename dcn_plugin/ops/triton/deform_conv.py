@@ -25,6 +25,7 @@ on, as torch's convolutions).
 The host functions here trust their arguments: the op's C++ validator has checked them
 (:mod:`dcn_plugin.ops.triton` calls it).
 """
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -418,15 +419,7 @@ def _launch_flags(cfg: LaunchConfig, *tensors: Optional[Tensor]) -> dict:
 
 def _device_of(t: Tensor):
     # the launch goes to the tensors' GPU; the interpreter runs on the CPU
-    return torch.cuda.device(t.device) if t.is_cuda else _NoDevice()
-
-
-class _NoDevice:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def conv_forward(input: Tensor, offset: Tensor, mask: Optional[Tensor], weight: Tensor, bias: Optional[Tensor],
