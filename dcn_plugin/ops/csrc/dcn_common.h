@@ -93,4 +93,22 @@ BackwardResult backward_impl(const Backend& be, const at::Tensor& grad_output, c
                              at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
                              std::array<bool, 5> output_mask);
 
+// The op's kernels for one backend: TORCH_LIBRARY_IMPL(dcn_plugin, <key>, m) registers
+// &forward_kernel<kBackend> and &backward_kernel<kBackend> (as deform_roi_pool.h does for RoI pooling).
+template <const Backend& be>
+at::Tensor forward_kernel(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
+                          const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
+  return forward_impl(be, input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups);
+}
+
+template <const Backend& be>
+BackwardResult backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
+                               const std::optional<at::Tensor>& mask, const at::Tensor& weight,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t groups, int64_t deform_groups, std::array<bool, 5> output_mask) {
+  return backward_impl(be, grad_output, input, offset, mask, weight, stride, padding, dilation, groups,
+                       deform_groups, output_mask);
+}
+
 }  // namespace dcn_plugin

@@ -41,22 +41,6 @@ DCN_ALWAYS_INLINE void blend4(T* __restrict dst, int64_t cs, const T* __restrict
     for (int64_t i = 0; i < len; ++i) dst[i] = wa * a[i] + wb * b[i] + wc * c[i] + wd * d[i];
 }
 
-// a[r*len + i] += wa*g[r*cs + i]; b[...] += wb*g[...]; ... The four taps of a sample are four different
-// pixels; only the sink row for taps outside the image may be passed more than once.
-template <typename T>
-DCN_ALWAYS_INLINE void scatter4(T* a, T* b, T* c, T* d, const T* __restrict g, int64_t cs, T wa, T wb, T wc, T wd,
-                                int64_t len, int64_t runs) {
-  for (int64_t r = 0; r < runs; ++r, g += cs, a += len, b += len, c += len, d += len) {
-    for (int64_t i = 0; i < len; ++i) {
-      const T gi = g[i];
-      a[i] += wa * gi;
-      b[i] += wb * gi;
-      c[i] += wc * gi;
-      d[i] += wd * gi;
-    }
-  }
-}
-
 // Adds to (s_val, s_dy, s_dx) the sums over the channels of g*(w00 v00 + w01 v01 + w10 v10 + w11 v11),
 // of g*dval/dy and of g*dval/dx (g from the columns' gradient, v from the four tap rows).
 template <typename T>
@@ -375,26 +359,11 @@ const Backend kCpuBackend{&im2col_cpu, &offset_mask_grad_cpu, &col_and_offset_ma
                           &transpose_last2_into_cpu, /*col_budget_elements=*/int64_t(1) << 20,
                           /*position_blocks=*/true};
 
-at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
-                       const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
-  return forward_impl(kCpuBackend, input, offset, mask, weight, bias, stride, padding, dilation, groups,
-                      deform_groups);
-}
-
-BackwardResult backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
-                            const std::optional<at::Tensor>& mask, const at::Tensor& weight, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
-                            std::array<bool, 5> output_mask) {
-  return backward_impl(kCpuBackend, grad_output, input, offset, mask, weight, stride, padding, dilation, groups,
-                       deform_groups, output_mask);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dcn_plugin, CPU, m) {
-  m.impl("modulated_deform_conv2d", &forward_cpu);
-  m.impl("modulated_deform_conv2d_backward", &backward_cpu);
+  m.impl("modulated_deform_conv2d", &forward_kernel<kCpuBackend>);
+  m.impl("modulated_deform_conv2d_backward", &backward_kernel<kCpuBackend>);
 }
 
 }  // namespace dcn_plugin

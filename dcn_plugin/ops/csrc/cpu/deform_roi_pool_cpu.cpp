@@ -44,19 +44,6 @@ DCN_ALWAYS_INLINE void gather1(T* __restrict acc, const T* __restrict s0, T w0, 
   for (int64_t i = 0; i < n; ++i) acc[i] += w0 * s0[i];
 }
 
-// d_j[i] += w_j * g[i] (four different pixels)
-template <typename T>
-DCN_ALWAYS_INLINE void scatter4(T* __restrict d0, T* __restrict d1, T* __restrict d2, T* __restrict d3,
-                                const T* __restrict g, T w0, T w1, T w2, T w3, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const T gi = g[i];
-    d0[i] += w0 * gi;
-    d1[i] += w1 * gi;
-    d2[i] += w2 * gi;
-    d3[i] += w3 * gi;
-  }
-}
-
 template <typename T>
 DCN_ALWAYS_INLINE void scatter1(T* __restrict d0, const T* __restrict g, T w0, int64_t n) {
   for (int64_t i = 0; i < n; ++i) d0[i] += w0 * g[i];
@@ -118,7 +105,7 @@ DCN_ALWAYS_INLINE T dot1(const T* __restrict g, const T* __restrict s0, int64_t 
   }                                                                                                              \
   DCN_SIMD_CLONES void scatter4_simd(T* __restrict d0, T* __restrict d1, T* __restrict d2, T* __restrict d3,     \
                                      const T* __restrict g, T w0, T w1, T w2, T w3, int64_t n) {                 \
-    scatter4<T>(d0, d1, d2, d3, g, w0, w1, w2, w3, n);                                                           \
+    scatter4<T>(d0, d1, d2, d3, g, /*cs=*/0, w0, w1, w2, w3, n, /*runs=*/1);                                     \
   }                                                                                                              \
   DCN_SIMD_CLONES void scatter1_simd(T* __restrict d0, const T* __restrict g, T w0, int64_t n) {                 \
     scatter1<T>(d0, g, w0, n);                                                                                   \

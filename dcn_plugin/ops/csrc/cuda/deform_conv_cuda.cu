@@ -307,28 +307,13 @@ const Backend kCudaBackend{&im2col_cuda, &offset_mask_grad_cuda, /*col_and_offse
                            &input_grad_cuda, &transpose_into_cuda,
                            /*col_budget_elements=*/int64_t(1) << 28, /*position_blocks=*/false};
 
-at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& offset, const std::optional<at::Tensor>& mask,
-                        const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups) {
-  return forward_impl(kCudaBackend, input, offset, mask, weight, bias, stride, padding, dilation, groups,
-                      deform_groups);
-}
-
-BackwardResult backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset,
-                             const std::optional<at::Tensor>& mask, const at::Tensor& weight, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t deform_groups,
-                             std::array<bool, 5> output_mask) {
-  return backward_impl(kCudaBackend, grad_output, input, offset, mask, weight, stride, padding, dilation, groups,
-                       deform_groups, output_mask);
-}
-
 }  // namespace
 
 // Private names: the public ops' CUDA kernels (dcn_plugin/ops/functional.py) call these or the Triton
 // kernels, by one backend rule.
 TORCH_LIBRARY_IMPL(dcn_plugin, CUDA, m) {
-  m.impl("_modulated_deform_conv2d_cuda", &forward_cuda);
-  m.impl("_modulated_deform_conv2d_backward_cuda", &backward_cuda);
+  m.impl("_modulated_deform_conv2d_cuda", &forward_kernel<kCudaBackend>);
+  m.impl("_modulated_deform_conv2d_backward_cuda", &backward_kernel<kCudaBackend>);
 }
 
 }  // namespace dcn_plugin
