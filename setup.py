@@ -32,8 +32,8 @@ MIM_FILES = ('configs', 'model-index.yml')
 
 
 def source_digest() -> str:
-    """The digest the package checks the library against at import (dcn_plugin/ops/_library.py)."""
-    path = os.path.join(ROOT, 'dcn_plugin', 'ops', '_library.py')
+    """The digest the package checks the library against at import (dcn_plugin/extension.py)."""
+    path = os.path.join(ROOT, 'dcn_plugin', 'extension.py')
     spec = importlib.util.spec_from_file_location('_dcn_library', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -65,8 +65,8 @@ def status(reqs: List[str], mmcv_mode: str, mmcv_version: str, ext_src: Optional
         import importlib.util
         torch = importlib.import_module('torch')
         libs = glob.glob(os.path.join(root, 'dcn_plugin', '_C*.so'))
-        spec = importlib.util.spec_from_file_location('_dcn_library', os.path.join(root, 'dcn_plugin', 'ops',
-                                                                                   '_library.py'))
+        spec = importlib.util.spec_from_file_location('_dcn_library', os.path.join(root, 'dcn_plugin',
+                                                                                   'extension.py'))
         library = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(library)
         if len(libs) != 1:

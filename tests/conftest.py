@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
-from dcn_plugin.ops._library import source_digest  # noqa: E402
+from dcn_plugin.extension import source_digest  # noqa: E402
 
 # Inductor's on-disk cache does not key on a custom op's Meta kernel: code compiled against an older
 # version of our op (other output strides, say) would be reused and fail. Key the tests' cache on the

@@ -1,5 +1,5 @@
 """The deformable convolution operators (``torch.ops.dcn_plugin.*``), functions and modules."""
-from ._library import has_cuda_kernels
+from ..extension import has_cuda_kernels
 from .functional import deform_conv2d, modulated_deform_conv2d
 from .modules import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d, ModulatedDeformConv2dPack
 from .roi_pool import deform_roi_pool

@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from . import _library
+from .. import extension as _library
 from .backend import cuda_backend_for
 from .pair import IntPair, to_pair
 

@@ -4,7 +4,7 @@ import torch
 from op_cases import Case
 
 from dcn_plugin.ops import modulated_deform_conv2d
-from dcn_plugin.ops.reference import modulated_deform_conv2d_reference
+from reference_ops import modulated_deform_conv2d_reference
 
 OP = torch.ops.dcn_plugin.modulated_deform_conv2d
 BWD = torch.ops.dcn_plugin.modulated_deform_conv2d_backward

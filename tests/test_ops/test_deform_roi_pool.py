@@ -8,7 +8,7 @@ import torchvision
 from roi_pool_cases import HYPER, make_case
 
 from dcn_plugin.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool
-from dcn_plugin.ops.reference import deform_roi_pool_reference
+from reference_ops import deform_roi_pool_reference
 
 OP = torch.ops.dcn_plugin.deform_roi_pool
 BWD = torch.ops.dcn_plugin.deform_roi_pool_backward

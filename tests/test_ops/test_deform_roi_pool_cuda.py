@@ -16,7 +16,7 @@ pytestmark = [
 
 if torch.cuda.is_available():  # keep collection on a machine without GPU free of the extension
     from dcn_plugin.ops import ModulatedDeformRoIPoolPack, deform_roi_pool, has_cuda_kernels
-    from dcn_plugin.ops.reference import deform_roi_pool_reference
+    from reference_ops import deform_roi_pool_reference
 else:  # pragma: no cover
     ModulatedDeformRoIPoolPack = deform_roi_pool = has_cuda_kernels = deform_roi_pool_reference = None
 

@@ -7,7 +7,7 @@ import torchvision
 from op_cases import Case, assert_close, edge_case_offsets, forward_backward, random_cases
 
 from dcn_plugin.ops import deform_conv2d, modulated_deform_conv2d
-from dcn_plugin.ops.reference import modulated_deform_conv2d_reference
+from reference_ops import modulated_deform_conv2d_reference
 
 GRID = [
     Case(tag='3x3 basic'),

@@ -12,8 +12,8 @@ from op_cases import Case, Inputs, assert_rel_close, edge_case_offsets, forward_
 
 from dcn_plugin.ops import backend, modulated_deform_conv2d
 from dcn_plugin.ops import triton as triton_ops
-from dcn_plugin.ops.reference import modulated_deform_conv2d_reference
 from dcn_plugin.ops.triton import deform_conv
+from reference_ops import modulated_deform_conv2d_reference
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 NAMES = ('output', 'grad input', 'grad offset', 'grad mask', 'grad weight', 'grad bias')

@@ -11,8 +11,8 @@ from roi_pool_cases import HYPER, make_case
 
 from dcn_plugin.ops import backend, deform_roi_pool
 from dcn_plugin.ops import triton as triton_ops
-from dcn_plugin.ops.reference import deform_roi_pool_reference
 from dcn_plugin.ops.triton import roi_pool as roi_pool_kernels
+from reference_ops import deform_roi_pool_reference
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .. import _library
+from ... import extension as _library
 from ..functional import _check_python_args
 from ..pair import IntPair, to_pair
 from ..roi_pool import pool_args

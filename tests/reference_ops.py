@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .pair import IntPair, to_pair
+from dcn_plugin.ops.pair import IntPair, to_pair
 
 
 def bilinear_sample(img: Tensor, y: Tensor, x: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-CSRC = Path(__file__).resolve().parent / 'csrc'
+CSRC = Path(__file__).resolve().parent / 'ops' / 'csrc'
 _SOURCE_SUFFIXES = ('.cpp', '.cu', '.cuh', '.h')
 
 _BUILD_HINT = ('Build it from the repository root with `bash scripts/setup_env.sh` (creates .venv), or '
