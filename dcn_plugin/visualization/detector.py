@@ -8,14 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..utils.state_dict import init_detector_from_checkpoint
-from .offsets import (
-    check_group,
-    check_num_layers,
-    draw_sampling_locations,
-    record_dcn_layers,
-    select_panel_boxes,
-    stack_sampling_locations,
-)
+from . import offsets
 
 __all__ = ['visualize_offsets', 'MAX_PANELS']
 
@@ -25,8 +18,8 @@ MAX_PANELS = 16
 
 def _check_arguments(points: Optional[Sequence[Tuple[float, float]]], num_layers: int, group: int,
                      score_thr: float, topk: int, upscale: int, layers: str) -> None:
-    check_num_layers(num_layers)
-    check_group(group)
+    offsets.check_num_layers(num_layers)
+    offsets.check_group(group)
     if not isinstance(score_thr, (int, float)) or not 0.0 <= float(score_thr) <= 1.0:
         raise ValueError(f'score_thr (--score-thr) must be a number in [0, 1], got {score_thr!r}')
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= MAX_PANELS:
@@ -98,7 +91,7 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
     model = init_detector_from_checkpoint(
         config, checkpoint, cfg_options, device, allow_partial_load,
         remedy='To draw with the weights that fit anyway, pass --allow-partial-load.')
-    with record_dcn_layers(model) as records:
+    with offsets.record_dcn_layers(model) as records:
         result = inference_detector(model, image)
     pattern = re.compile(layers)
     chosen = [r for r in records if pattern.search(r.name)]
@@ -113,19 +106,19 @@ def visualize_offsets(config: str, checkpoint: Optional[str], image: str, out: O
     confident = (inst.scores >= score_thr).nonzero().flatten().cpu().numpy()
     all_boxes = inst.bboxes[confident].cpu().numpy().reshape(-1, 4)
     # one panel per object: a detection overlapping a chosen one by IoU > PANEL_IOU gets none
-    boxes = all_boxes[select_panel_boxes(all_boxes, inst.scores[confident].cpu().numpy(), topk)]
+    boxes = all_boxes[offsets.select_panel_boxes(all_boxes, inst.scores[confident].cpu().numpy(), topk)]
     panel_boxes = None
     if points is None:
         points = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes] or [(img.shape[1] / 2, img.shape[0] / 2)]
         panel_boxes = list(boxes) or None
     panels: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for x, y in points:
-        pts, w, origin = stack_sampling_locations(chosen, (x * scale[0], y * scale[1]), input_hw,
+        pts, w, origin = offsets.stack_sampling_locations(chosen, (x * scale[0], y * scale[1]), input_hw,
                                                   num_layers=num_layers, group=group)
         panels.append((pts / scale, w, origin / scale))  # back to image pixels
     used = [r.name for r in chosen[-num_layers:]]
     title = f'{len(used)} DCN layers ({used[0]} .. {used[-1]})'
-    pic = draw_sampling_locations(img, panels, modulated=chosen[-1].modulated, boxes=boxes, upscale=upscale,
+    pic = offsets.draw_sampling_locations(img, panels, modulated=chosen[-1].modulated, boxes=boxes, upscale=upscale,
                                   title=title, panel_boxes=panel_boxes)
     if out is None:
         name = osp.splitext(osp.basename(config))[0]
