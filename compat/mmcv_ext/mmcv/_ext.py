@@ -416,6 +416,7 @@ def get_compiling_cuda_version() -> str:
 
 # ----------------------------------------------------------------------------- what is not provided
 #: mmcv 2.1.0's compiled operators without an implementation here, and the mmcv module that calls each
+#: (a table, one line per module: its lines are alike by design)
 _NOT_PROVIDED = {
     'active_rotated_filter': ['active_rotated_filter_forward', 'active_rotated_filter_backward'],
     'assign_score_withk': ['assign_score_withk_forward', 'assign_score_withk_backward'],
