@@ -4,31 +4,11 @@ import math
 import pytest
 import torch
 import torchvision
+from op_cases import PARITY_GRID as GRID
 from op_cases import Case, assert_close, edge_case_offsets, forward_backward, random_cases
 
 from dcn_plugin.ops import deform_conv2d, modulated_deform_conv2d
 from reference_ops import modulated_deform_conv2d_reference
-
-GRID = [
-    Case(tag='3x3 basic'),
-    Case(k=(1, 1), padding=(0, 0), tag='1x1'),
-    Case(k=(2, 3), padding=(0, 1), tag='non-square 2x3'),
-    Case(k=(5, 5), padding=(2, 2), h=9, w=8, tag='5x5'),
-    Case(stride=(2, 2), h=9, w=10, tag='stride 2'),
-    Case(stride=(2, 1), padding=(0, 2), tag='stride (2,1) padding (0,2)'),
-    Case(dilation=(2, 2), padding=(2, 2), tag='dilation 2'),
-    Case(dilation=(1, 3), padding=(0, 3), h=8, w=9, tag='dilation (1,3)'),
-    Case(c=6, o=4, groups=2, tag='groups 2'),
-    Case(c=8, o=8, groups=4, deform_groups=2, tag='groups 4 deform_groups 2'),
-    Case(c=8, deform_groups=4, tag='deform_groups 4'),
-    Case(c=6, o=6, groups=3, deform_groups=2, tag='groups 3 crossing deform_groups 2'),
-    Case(mask=False, tag='DCNv1 (no mask)'),
-    Case(bias=False, tag='no bias'),
-    Case(mask=False, bias=False, c=6, deform_groups=3, tag='DCNv1 deform_groups 3 no bias'),
-    Case(offset_scale=20.0, tag='large offsets (many samples outside)'),
-    Case(n=1, c=3, h=3, w=3, padding=(0, 0), tag='kernel = input size'),
-    Case(n=3, c=16, o=8, h=12, w=11, tag='wider channels (vector loop + tail)'),
-]
 
 
 def _grads(fn, case: Case, seed=0):

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from op_cases import Case, Inputs, assert_rel_close, edge_case_offsets, forward_backward
+from op_cases import PARITY_GRID, Case, Inputs, assert_rel_close, edge_case_offsets, forward_backward
 
 from dcn_plugin.ops import backend, modulated_deform_conv2d
 from dcn_plugin.ops import triton as triton_ops
@@ -18,27 +18,10 @@ from reference_ops import modulated_deform_conv2d_reference
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 NAMES = ('output', 'grad input', 'grad offset', 'grad mask', 'grad weight', 'grad bias')
 
-# the op's parity grid (test_parity.py), tiny: the interpreter costs about a second per case
-GRID = [
-    Case(tag='3x3 basic'),
-    Case(k=(1, 1), padding=(0, 0), tag='1x1'),
-    Case(k=(2, 3), padding=(0, 1), tag='non-square 2x3'),
-    Case(k=(5, 5), padding=(2, 2), h=9, w=8, n=1, tag='5x5'),
-    Case(stride=(2, 2), h=9, w=10, tag='stride 2'),
-    Case(stride=(2, 1), padding=(0, 2), tag='stride (2,1) padding (0,2)'),
-    Case(dilation=(2, 2), padding=(2, 2), tag='dilation 2'),
-    Case(dilation=(1, 3), padding=(0, 3), h=8, w=9, tag='dilation (1,3)'),
-    Case(c=6, o=4, groups=2, tag='groups 2'),
-    Case(c=8, o=8, groups=4, deform_groups=2, tag='groups 4 deform_groups 2'),
-    Case(c=8, deform_groups=4, tag='deform_groups 4'),
-    Case(c=6, o=6, groups=3, deform_groups=2, tag='groups 3 crossing deform_groups 2'),
-    Case(mask=False, tag='DCNv1 (no mask)'),
-    Case(bias=False, tag='no bias'),
-    Case(mask=False, bias=False, c=6, deform_groups=3, tag='DCNv1 deform_groups 3 no bias'),
-    Case(offset_scale=20.0, tag='large offsets (many samples outside)'),
-    Case(n=1, c=3, h=3, w=3, padding=(0, 0), tag='kernel = input size'),
-    Case(n=2, c=40, o=70, h=6, w=5, tag='several channel and output blocks (C 40, O 70)'),
-]
+# the op's parity grid, tiny: the interpreter costs about a second per case (one image for the 5x5 kernel),
+# and wider layers than the parity grid's last case, to cross several channel and output blocks
+GRID = [dataclasses.replace(c, n=1) if c.tag == '5x5' else c for c in PARITY_GRID[:-1]] + [
+    Case(n=2, c=40, o=70, h=6, w=5, tag='several channel and output blocks (C 40, O 70)')]
 
 
 @pytest.fixture
