@@ -23,7 +23,6 @@ dcn_plugin repository), so pip records it and removes it cleanly.
 from typing import Callable, Dict, List, Optional
 
 import torch
-import torchvision  # noqa: F401  (registers torch.ops.torchvision.nms, roi_align, _roi_align_backward)
 from torch import Tensor
 
 #: the marker dcn_plugin and its tests read to tell this module from a compiled mmcv
@@ -44,6 +43,13 @@ def _plugin_ops():
             f'mmcv._ext (dcn_plugin stand-in): mmcv\'s deformable layers run on dcn_plugin\'s operators, and '
             f'dcn_plugin cannot be imported ({e}); install dcn_plugin, or {_FULL_BUILD}') from e
     return torch.ops.dcn_plugin
+
+
+def _torchvision_ops():
+    """``torch.ops.torchvision``, whose operators exist once torchvision is imported (on first use: importing it
+    with ``mmcv.ops`` would make every mmdet import pay for it)."""
+    import torchvision  # noqa: F401
+    return torch.ops.torchvision
 
 
 def _none_if_empty(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -79,7 +85,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, offset: int = 0) ->
     order = scores.sort(0, descending=True)[1]
     sorted_boxes = _boxes_with_offset(boxes[order], offset)
     ranks = torch.arange(order.numel(), 0, -1, device=boxes.device, dtype=sorted_boxes.dtype)  # exact below 2^24
-    kept = torch.ops.torchvision.nms(sorted_boxes, ranks, float(iou_threshold))
+    kept = _torchvision_ops().nms(sorted_boxes, ranks, float(iou_threshold))
     return order[kept]
 
 
@@ -190,7 +196,7 @@ def roi_align_forward(input: Tensor, rois: Tensor, output: Tensor, argmax_y: Ten
                       pool_mode: int, aligned: bool) -> None:
     """RoIAlign (average pooling) into ``output``: torchvision's operator, which has mmcv's semantics."""
     _avg_only(pool_mode)
-    output.copy_(torch.ops.torchvision.roi_align(input, rois, float(spatial_scale), aligned_height, aligned_width,
+    output.copy_(_torchvision_ops().roi_align(input, rois, float(spatial_scale), aligned_height, aligned_width,
                                                  sampling_ratio, bool(aligned)))
 
 
@@ -200,7 +206,7 @@ def roi_align_backward(grad_output: Tensor, rois: Tensor, argmax_y: Tensor, argm
     """Adds RoIAlign's input gradient to ``grad_input`` (torchvision's backward operator)."""
     _avg_only(pool_mode)
     n, c, h, w = grad_input.shape
-    grad_input.add_(torch.ops.torchvision._roi_align_backward(
+    grad_input.add_(_torchvision_ops()._roi_align_backward(
         grad_output, rois, float(spatial_scale), aligned_height, aligned_width, n, c, h, w, sampling_ratio,
         bool(aligned)))
 
