@@ -133,7 +133,6 @@ def softnms(boxes: Tensor, scores: Tensor, dets: Tensor, iou_threshold: float, s
                         back -= 1
                     if back > front:
                         order.append(slots[back])
-                        keep[front] = True  # the moved box is kept in this slot
                         back -= 1
                     front += 1
             if order != slots[:len(order)]:
