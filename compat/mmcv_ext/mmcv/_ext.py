@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-#: the marker dcn_plugin and its tests read to tell this module from a compiled mmcv
+#: tells this module from another pure-Python mmcv._ext (the stand-in tests run only against this one)
 IS_STANDIN = True
 
 _FULL_BUILD = ('install the full mmcv 2.1.0 with its compiled operators instead of mmcv-lite (in the dcn_plugin '
