@@ -105,7 +105,8 @@ def _check_roi_pooling(name, model):
                 'faster-rcnn_r50_fpn_mdpool_1x_coco.py': 4 * 26_892_435,
                 'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py': 14_046_355,
                 'faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_mimic_1x_coco.py': 14_046_355,
-                'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py': 906_643}
+                'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py': 906_643,
+                'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_mimic_demo-shapes.py': 906_643}
     assert branch_params == expected[name]
 
 
@@ -115,7 +116,8 @@ def test_demo_configs_run_forward_and_match_the_generator():
 
     from dcn_plugin.datasets import DEMO_CLASSES
     for name in ('faster-rcnn_r18_fpn_gn-all_demo-shapes.py', 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
-                 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py'):
+                 'faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py',
+                 'faster-rcnn_r18-dconv-c3-c5_fpn_gn-all_demo-shapes.py'):
         cfg = _load(osp.join(ROOT, 'configs', 'demo', name))
         assert tuple(cfg.metainfo['classes']) == DEMO_CLASSES
         assert cfg.model.roi_head.bbox_head.num_classes == len(DEMO_CLASSES)
@@ -149,6 +151,8 @@ MIMIC_CONFIGS = {
     'demo/faster-rcnn_r18_fpn_gn-all_mimic_demo-shapes.py': 'demo/faster-rcnn_r18_fpn_gn-all_demo-shapes.py',
     'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mimic_demo-shapes.py':
         'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_demo-shapes.py',
+    'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_mimic_demo-shapes.py':
+        'demo/faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py',
 }
 
 
