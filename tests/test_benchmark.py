@@ -1,4 +1,4 @@
-"""tools/benchmark.py (op and model modes), on tiny cases: one
+"""tools/benchmark.py and its modes in tools/benchmarks (op, model, roi-pool), on tiny cases: one
 thread, a few hundredths of a second of timing per implementation, no GPU needed."""
 import argparse
 import importlib.util
@@ -23,7 +23,11 @@ def _load(name):
     return mod
 
 
-tool = _load('benchmark.py')
+tool = _load('benchmark.py')  # puts tools/ on sys.path: the modes are the package tools/benchmarks
+from benchmarks.common import agreement, peak_memory, precision_flags, set_flags  # noqa: E402
+from benchmarks.model import PARTS, _no_pretrained, breakdown  # noqa: E402
+from benchmarks.op import OpMode, parse_shapes  # noqa: E402
+from benchmarks.roi_pool import RoIPoolMode  # noqa: E402
 
 
 def _outputs(folder, stem):
@@ -38,29 +42,29 @@ def op_run(tmp_path_factory):
 
 
 def test_parse_shapes_resolves_sets_and_specs_in_order_without_duplicates():
-    cases = tool.parse_shapes(['r50-640x640', '256@40x40', '128@128x128/s2/dg4,tiny', 'mine=16@8x12/k5'], batch=2)
+    cases = parse_shapes(['r50-640x640', '256@40x40', '128@128x128/s2/dg4,tiny', 'mine=16@8x12/k5'], batch=2)
     assert [c['spec'] for c in cases] == ['128@80x80', '256@40x40', '512@20x20', '128@128x128/s2/dg4', '8@8x8/dg2',
                                           '16@8x12/k5']
     assert cases[0]['label'] == 'r50-640-c3 (128@80x80)' and cases[0]['out_hw'] == [80, 80]
     assert cases[-1]['label'] == 'mine (16@8x12/k5)' and (cases[-1]['kernel'], cases[-1]['padding']) == (5, 2)
-    assert tool.parse_shapes(['128@128x128/s2'], 2)[0]['out_hw'] == [64, 64]
-    assert [(c['channels'], c['height'], c['stride'], c['gflop']) for c in tool.parse_shapes(['equal-gflop'], 2)] == [
+    assert parse_shapes(['128@128x128/s2'], 2)[0]['out_hw'] == [64, 64]
+    assert [(c['channels'], c['height'], c['stride'], c['gflop']) for c in parse_shapes(['equal-gflop'], 2)] == [
         (128, 64, 1, 2.42), (256, 32, 1, 2.42), (512, 16, 1, 2.42), (128, 128, 2, 2.42)]
-    assert [c['out_hw'] for c in tool.parse_shapes(['r50-1333x800'], 2)] == [[100, 168], [50, 84], [25, 42]]
-    cpu = tool.parse_shapes(['cpu'], 2)  # the default CPU set: the 8 shapes of docs/benchmarks.md
+    assert [c['out_hw'] for c in parse_shapes(['r50-1333x800'], 2)] == [[100, 168], [50, 84], [25, 42]]
+    cpu = parse_shapes(['cpu'], 2)  # the default CPU set: the 8 shapes of docs/benchmarks.md
     assert len(cpu) == 8 and cpu[-1]['spec'] == '256@40x40/dg4'
 
 
 @pytest.mark.parametrize('bad', ['nonsense', '12@8', '10@8x8/dg4', '0@8x8', '8@8x8/s0'])
 def test_parse_shapes_rejects_unknown_names_and_bad_specs_naming_the_syntax(bad):
     with pytest.raises(ValueError, match='shape'):
-        tool.parse_shapes([bad], 2)
+        parse_shapes([bad], 2)
 
 
 def test_op_inputs_are_the_same_for_every_dtype_and_realistic():
     def inputs(dtype):
         args = argparse.Namespace(device='cpu', dtype=dtype, seed=3)
-        return tool.OpMode(args).inputs(tool.parse_shapes(['16@12x10/s2/dg2'], 2)[0])
+        return OpMode(args).inputs(parse_shapes(['16@12x10/s2/dg2'], 2)[0])
     a, b = inputs('float32'), inputs('float64')
     assert all(torch.equal(x.double(), y) for x, y in zip(a[:5], b[:5]))
     x, offset, mask, weight, grad_out, case = a
@@ -72,14 +76,14 @@ def test_op_inputs_are_the_same_for_every_dtype_and_realistic():
 
 def test_cpu_peak_memory_counts_allocations_and_their_peak():
     cpu = torch.device('cpu')
-    assert tool.peak_memory(lambda: None, cpu) == 0
-    assert tool.peak_memory(lambda: torch.empty(1 << 20).fill_(1.0), cpu) == 4 << 20  # the result counts
+    assert peak_memory(lambda: None, cpu) == 0
+    assert peak_memory(lambda: torch.empty(1 << 20).fill_(1.0), cpu) == 4 << 20  # the result counts
 
     def temporary_then_small():
         t = torch.ones(2 << 20)
         del t
         return torch.ones(1 << 18)
-    assert tool.peak_memory(temporary_then_small, cpu) == 8 << 20  # the peak, not the end
+    assert peak_memory(temporary_then_small, cpu) == 8 << 20  # the peak, not the end
 
 
 def test_op_mode_times_checks_and_sizes_every_implementation_and_writes_its_files(op_run):
@@ -109,9 +113,9 @@ def test_op_mode_times_checks_and_sizes_every_implementation_and_writes_its_file
 
 
 def test_agreement_check_catches_a_wrong_implementation_loudly(monkeypatch, tmp_path, capsys):
-    ours, leaves = tool.OpMode.impls['ours'](argparse.Namespace(device='cpu'))
+    ours, leaves = OpMode.impls['ours'](argparse.Namespace(device='cpu'))
     wrong = lambda x, o, m, w, c: ours(x, o, m, w, c) * 1.001  # noqa: E731  (0.1% off: far above 1e-4)
-    monkeypatch.setitem(tool.OpMode.impls, 'torchvision', lambda args: (wrong, leaves))
+    monkeypatch.setitem(OpMode.impls, 'torchvision', lambda args: (wrong, leaves))
     rc = tool.main(['--shapes', 'tiny', '--impls', 'ours', 'torchvision', '--no-memory', *FAST,
                     '--out-dir', str(tmp_path)])
     assert rc == 1
@@ -124,8 +128,8 @@ def test_agreement_check_catches_a_wrong_implementation_loudly(monkeypatch, tmp_
 
 def test_agreement_never_accepts_a_wrong_shape_or_a_missing_tensor():
     a = torch.randn(4, 3)
-    check = tool.agreement({'ours': [a, a], 'same': [a.clone(), a + 1e-9], 'cut': [a[:2], a], 'short': [a]},
-                           'ours', 1e-4, ('output', 'grad'))
+    check = agreement({'ours': [a, a], 'same': [a.clone(), a + 1e-9], 'cut': [a[:2], a], 'short': [a]},
+                      'ours', 1e-4, ('output', 'grad'))
     assert check['ok'] == {'same': True, 'cut': False, 'short': False}
 
 
@@ -181,13 +185,13 @@ def test_cuda_precision_flags_set_tf32_only_when_asked_and_are_restored():
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     if not hasattr(matmul, 'fp32_precision'):
         pytest.skip('torch < 2.9: legacy TF32 flags')
-    assert tool.precision_flags(torch.device('cpu'), True) == []
+    assert precision_flags(torch.device('cpu'), True) == []
     before = (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark)
-    saved = tool.set_flags(tool.precision_flags(torch.device('cuda'), True))
+    saved = set_flags(precision_flags(torch.device('cuda'), True))
     assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == ('tf32', 'tf32', True)
-    tool.set_flags(tool.precision_flags(torch.device('cuda'), False))  # true fp32: cuDNN's TF32 default off too
+    set_flags(precision_flags(torch.device('cuda'), False))  # true fp32: cuDNN's TF32 default off too
     assert (matmul.fp32_precision, cudnn.conv.fp32_precision) == ('ieee', 'ieee')
-    tool.set_flags(saved)
+    set_flags(saved)
     assert (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark) == before
 
 
@@ -208,7 +212,7 @@ def test_model_configs_lose_every_pretrained_init_and_keep_the_others():
                         'plugins': [{'cfg': {'init_cfg': None}}]},
            'neck': {'init_cfg': [{'type': 'Xavier'}, {'type': 'Pretrained', 'checkpoint': 'x.pth'}]},
            'head': {'init_cfg': [{'type': 'Pretrained', 'checkpoint': 'y.pth'}], 'pretrained': 'z.pth'}}
-    tool._no_pretrained(cfg)
+    _no_pretrained(cfg)
     assert cfg == {'backbone': {'init_cfg': None, 'depth': 50, 'plugins': [{'cfg': {'init_cfg': None}}]},
                    'neck': {'init_cfg': [{'type': 'Xavier'}]}, 'head': {'init_cfg': None, 'pretrained': None}}
 
@@ -217,7 +221,7 @@ def _breakdown_of(net, x):
     def step():
         net.zero_grad(set_to_none=True)
         net(x).sum().backward()
-    return tool.breakdown(step, net, torch.device('cpu'))
+    return breakdown(step, net, torch.device('cpu'))
 
 
 def test_breakdown_gives_conv_offset_its_backward_and_sums_to_the_profiled_total():
@@ -226,13 +230,13 @@ def test_breakdown_gives_conv_offset_its_backward_and_sums_to_the_profiled_total
     x = torch.randn(2, 8, 12, 12)
     only_dcn = _breakdown_of(ModulatedDeformConv2dPack(8, 8, 3, padding=1), x)
     parts = only_dcn['parts']
-    assert list(parts) == list(tool.PARTS) and all(v >= 0 for v in parts.values())
+    assert list(parts) == list(PARTS) and all(v >= 0 for v in parts.values())
     assert parts['other convolutions'] == 0  # conv_offset's forward and backward convolutions are its own
-    assert min(parts[p] for p in tool.PARTS[:4]) > 0
+    assert min(parts[p] for p in PARTS[:4]) > 0
     assert sum(parts.values()) == pytest.approx(only_dcn['step_ms'], rel=0.01)
     mixed = _breakdown_of(torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1),
                                               ModulatedDeformConv2dPack(8, 8, 3, padding=1)), x)
-    assert mixed['parts']['other convolutions'] > 0 and mixed['parts'][tool.PARTS[0]] > 0
+    assert mixed['parts']['other convolutions'] > 0 and mixed['parts'][PARTS[0]] > 0
     assert mixed['total_ms'] == pytest.approx(mixed['step_ms'], rel=0.01)
 
 
@@ -256,7 +260,7 @@ def test_model_mode_compares_the_demo_detectors_with_a_breakdown_and_writes_its_
     for phase in ('infer', 'train'):
         b = entry['breakdown'][phase]
         assert sum(b['parts'].values()) == pytest.approx(b['step_ms'], rel=0.01)
-        assert min(b['parts'][p] for p in tool.PARTS) > 0  # the demo model has every part
+        assert min(b['parts'][p] for p in PARTS) > 0  # the demo model has every part
     printed = capsys.readouterr().out
     assert '| dcn / baseline | dcn / baseline memory |' in printed and '## Breakdown of dcn, training step' in printed
 
@@ -287,7 +291,7 @@ def test_roi_pool_mode_times_ours_against_roi_align_and_they_agree_without_offse
 
 def test_roi_pool_inputs_map_every_roi_to_its_level():
     args = tool.parse_args(['roi-pool', '--rois', '200', '--levels', 'P2', 'P4'])
-    mode = tool.RoIPoolMode(args)
+    mode = RoIPoolMode(args)
     for case in mode.cases({}):
         rois = mode.inputs(case)[1]
         w, h = rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]
