@@ -173,15 +173,18 @@ def test_mimic_config_is_its_counterpart_plus_the_branch(mimic, plain):
     assert ma == mb  # same detector: only the branch differs
     rest = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k != 'model'}  # noqa: E731
     assert rest(a) == rest(b)  # same data, schedule and runtime
-    if 'coco' in mimic:  # the paper's settings
-        assert branch == dict(mimic_num_rois=32, mimic_crop_size=224, mimic_positives_only=True,
-                              loss_mimic_weight=0.1,
-                              loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.1))
+    model_a, model_b = _build(a), _build(b)
+    head = model_a.roi_head
+    if 'coco' in mimic:  # the paper's settings, which are the head's defaults
+        assert branch == {}
+        assert (head.mimic_num_rois, head.mimic_crop_size, head.mimic_positives_only, head.mimic_detach_rcnn,
+                head.loss_mimic_weight) == (32, (224, 224), True, True, 0.1)
+        assert type(head.loss_mimic_cls).__name__ == 'CrossEntropyLoss' and head.loss_mimic_cls.loss_weight == 0.1
+        assert not head.loss_mimic_cls.use_sigmoid
         assert a.model.roi_head.bbox_roi_extractor.get('finest_scale', 56) == 56
     else:  # scaled to the demo's 256 px images and CPU budget
         assert branch == dict(mimic_num_rois=8, mimic_crop_size=64)
     # the branch's only parameters are the unshared classifier's
-    model_a, model_b = _build(a), _build(b)
     extra = set(model_a.state_dict()) - set(model_b.state_dict())
     assert extra == {'roi_head.mimic_cls.weight', 'roi_head.mimic_cls.bias'}
     assert set(model_b.state_dict()) <= set(model_a.state_dict())

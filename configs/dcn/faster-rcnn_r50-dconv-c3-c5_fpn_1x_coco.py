@@ -1,8 +1,4 @@
-# DCNv1 (deformable conv, no modulation) in the 3x3 convs of stages c3-c5.
-# The baseline (mmdet's config with the plugin imported and its crash-safe training hooks) plus:
-_base_ = './faster-rcnn_r50_fpn_1x_coco.py'
-model = dict(
-    backbone=dict(
-        type='DCNResNet',
-        dcn=dict(type='DConv', deform_groups=1, fallback_on_stride=False),
-        stage_with_dcn=(False, True, True, True)))
+# DCNv1 (deformable conv, no modulation) in the 3x3 convs of stages c3-c5: the DCNv2 config with the
+# unmodulated layer.
+_base_ = './faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py'
+model = dict(backbone=dict(dcn=dict(type='DConv')))

@@ -9,10 +9,6 @@
 _base_ = './faster-rcnn_r50-mdconv-c3-c5_fpn_mdpool_1x_coco.py'
 model = dict(
     type='MimicFasterRCNN',  # FasterRCNN that hands its input images to the RoI head
-    roi_head=dict(
-        type='MimicRoIHead',
-        mimic_num_rois=32,
-        mimic_crop_size=224,
-        mimic_positives_only=True,
-        loss_mimic_weight=0.1,
-        loss_mimic_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.1)))
+    # MimicRoIHead's defaults are the paper's settings: 32 positive RoIs per image, 224 px crops, stop-gradient
+    # on the R-CNN feature, mimic and crop-classification losses weighted 0.1 (docs/models.md).
+    roi_head=dict(type='MimicRoIHead'))
