@@ -511,7 +511,7 @@ def test_visualize_offsets_loads_checkpoints_strictly(tmp_path):
 
 
 # --------------------------------------------------------------------------- tool arguments
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize('args,message', [  # a table of refused arguments: its rows are alike by design
     (['--num-layers', '0'], 'num_layers (--num-layers) must be a positive integer, got 0'),
     (['--num-layers', '-2'], 'num_layers (--num-layers) must be a positive integer, got -2'),
     (['--num-layers', '12'], 'use at most 5 layer(s)'),
@@ -552,7 +552,7 @@ def test_visualize_offsets_refuses_points_outside_the_image(tiny):
         visualize_offsets(tiny['cfg'], None, osp.join(tiny['root'], 'val', '000000.png'), points=[(200.0, 5.0)])
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize('args,message', [  # a table of refused arguments: its rows are alike by design
     (['--size', '20'], 'image size (--size) must be an integer from 64 to 2048 pixels, got 20; smaller images'),
     (['--size', '0'], 'image size (--size) must be an integer from 64 to 2048 pixels, got 0'),
     (['--size', '100000'], 'from 64 to 2048 pixels, got 100000'),

@@ -9,14 +9,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
 
-from dcn_plugin.apis import (  # noqa: E402
-    build_runner,
-    exit_on_user_error,
-    load_config,
-    parse_tool_args,
-    setup_train_cfg,
-    teardown_distributed,
-)
+from dcn_plugin import apis  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,17 +21,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a path from the newest intact one in the work '
                              'dir (a truncated or corrupt newest checkpoint is skipped with a warning)')
-    return parse_tool_args(parser, argv)
+    return apis.parse_tool_args(parser, argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with exit_on_user_error('train.py'):
-        cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-        setup_train_cfg(cfg, amp=args.amp, resume=args.resume, auto_scale_lr=args.auto_scale_lr)
-        runner = build_runner(cfg)
+    with apis.exit_on_user_error('train.py'):
+        cfg = apis.load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+        apis.setup_train_cfg(cfg, amp=args.amp, resume=args.resume, auto_scale_lr=args.auto_scale_lr)
+        runner = apis.build_runner(cfg)
         runner.train()
-    teardown_distributed()
+    apis.teardown_distributed()
 
 
 if __name__ == '__main__':

@@ -206,7 +206,7 @@ def test_tool_refuses_a_checkpoint_that_does_not_fit_the_model(demo_state, tmp_p
                 torch.testing.assert_close(value, demo_state[key])
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize('args,message', [  # a table of refused arguments: its rows are alike by design
     (['--opset', '18'], '--opset must be at least 19'),
     (['--opset', '1000000'], '--opset must be at most {newest}, the newest opset the installed onnx and onnxscript'),
     (['--rtol', '-1'], "--rtol: must be a finite number >= 0, got '-1'"),

@@ -5,14 +5,7 @@ import io
 import pytest
 import torch
 
-from dcn_plugin.ops import (
-    DeformConv2d,
-    DeformConv2dPack,
-    ModulatedDeformConv2d,
-    ModulatedDeformConv2dPack,
-    deform_conv2d,
-    modulated_deform_conv2d,
-)
+from dcn_plugin import ops
 
 # torch 2.14 deprecates TorchScript (FutureWarning) but ships it; users of scripted models still rely on it
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning',
@@ -29,25 +22,26 @@ def _inputs(seed=0, n=2, c=4, h=7, w=6, dg=2, k=9):
 
 def test_functions_script_and_equal_eager():
     x, offset, mask, weight, bias = _inputs()
-    scripted = torch.jit.script(modulated_deform_conv2d)
+    scripted = torch.jit.script(ops.modulated_deform_conv2d)
     for args in [(bias, 1, 1, 1, 2, 2), (None, (1, 1), [1, 1], 1, 2, 2)]:
         torch.testing.assert_close(scripted(x, offset, mask, weight, *args),
-                                   modulated_deform_conv2d(x, offset, mask, weight, *args), rtol=0, atol=0)
+                                   ops.modulated_deform_conv2d(x, offset, mask, weight, *args), rtol=0, atol=0)
     torch.testing.assert_close(scripted(x, offset, None, weight, bias, 1, 1, 1, 2, 2),
-                               modulated_deform_conv2d(x, offset, None, weight, bias, 1, 1, 1, 2, 2), rtol=0, atol=0)
-    scripted_v1 = torch.jit.script(deform_conv2d)
+                               ops.modulated_deform_conv2d(x, offset, None, weight, bias, 1, 1, 1, 2, 2),
+                               rtol=0, atol=0)
+    scripted_v1 = torch.jit.script(ops.deform_conv2d)
     for args, kwargs in [((1, 1, 1, 2, 2), {}), ((1, 1, 1, 2, 2, bias), {}), ((1, 1, 1, 2, 2, False, 32), {}),
                          ((), dict(padding=1, groups=2, deform_groups=2, bias=bias))]:
         torch.testing.assert_close(scripted_v1(x, offset, weight, *args, **kwargs),
-                                   deform_conv2d(x, offset, weight, *args, **kwargs), rtol=0, atol=0)
+                                   ops.deform_conv2d(x, offset, weight, *args, **kwargs), rtol=0, atol=0)
 
 
 def test_scripted_gradients_equal_eager():
     x, offset, mask, weight, bias = _inputs()
     leaves = [t.requires_grad_() for t in (x, offset, mask, weight, bias)]
-    scripted = torch.jit.script(modulated_deform_conv2d)
+    scripted = torch.jit.script(ops.modulated_deform_conv2d)
     grads = []
-    for fn in (scripted, modulated_deform_conv2d):
+    for fn in (scripted, ops.modulated_deform_conv2d):
         out = fn(x, offset, mask, weight, bias, 1, 1, 1, 2, 2)
         grads.append(torch.autograd.grad((out * out).sum(), leaves))
     for a, b in zip(*grads):
@@ -57,26 +51,26 @@ def test_scripted_gradients_equal_eager():
 def test_functions_called_from_scripted_code_take_ints_tuples_and_lists():
     @torch.jit.script
     def caller(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        a = modulated_deform_conv2d(x, offset, mask, weight, None, 1, (1, 1), [1, 1], 2, 2)
-        b = deform_conv2d(x, offset, weight, [1, 1], 1, (1, 1), 2, 2)
+        a = ops.modulated_deform_conv2d(x, offset, mask, weight, None, 1, (1, 1), [1, 1], 2, 2)
+        b = ops.deform_conv2d(x, offset, weight, [1, 1], 1, (1, 1), 2, 2)
         return a + b
 
     x, offset, mask, weight, _ = _inputs()
-    expected = (modulated_deform_conv2d(x, offset, mask, weight, None, 1, 1, 1, 2, 2)
-                + deform_conv2d(x, offset, weight, 1, 1, 1, 2, 2))
+    expected = (ops.modulated_deform_conv2d(x, offset, mask, weight, None, 1, 1, 1, 2, 2)
+                + ops.deform_conv2d(x, offset, weight, 1, 1, 1, 2, 2))
     torch.testing.assert_close(caller(x, offset, mask, weight), expected, rtol=0, atol=0)
 
 
 def test_scripted_functions_refuse_bad_pairs_and_a_bias_flag():
     x, offset, mask, weight, _ = _inputs()
     with pytest.raises(torch.jit.Error, match=r'padding must be an int or a pair of ints, got \[1, 1, 1\]'):
-        torch.jit.script(modulated_deform_conv2d)(x, offset, mask, weight, None, 1, [1, 1, 1], 1, 2, 2)
+        torch.jit.script(ops.modulated_deform_conv2d)(x, offset, mask, weight, None, 1, [1, 1, 1], 1, 2, 2)
     with pytest.raises(torch.jit.Error, match=r'bias must be a torch.Tensor of shape \(out_channels,\), None or '
                                               r'False \(no bias\), got True'):
-        torch.jit.script(deform_conv2d)(x, offset, weight, 1, 1, 1, 2, 2, True)
+        torch.jit.script(ops.deform_conv2d)(x, offset, weight, 1, 1, 1, 2, 2, True)
 
 
-@pytest.mark.parametrize('cls', [ModulatedDeformConv2dPack, DeformConv2dPack])
+@pytest.mark.parametrize('cls', [ops.ModulatedDeformConv2dPack, ops.DeformConv2dPack])
 @pytest.mark.parametrize('bias', [True, False])
 def test_pack_modules_script_and_equal_eager(cls, bias):
     torch.manual_seed(0)
@@ -96,9 +90,9 @@ def test_pack_modules_script_and_equal_eager(cls, bias):
 def test_external_offset_modules_script_and_equal_eager():
     x, offset, mask, _, _ = _inputs(c=4, dg=2)
     torch.manual_seed(1)
-    modulated = ModulatedDeformConv2d(4, 6, 3, padding=1, groups=2, deform_groups=2)
+    modulated = ops.ModulatedDeformConv2d(4, 6, 3, padding=1, groups=2, deform_groups=2)
     scripted = torch.jit.script(modulated)
     torch.testing.assert_close(scripted(x, offset, mask), modulated(x, offset, mask), rtol=0, atol=0)
     torch.testing.assert_close(scripted(x, offset, None), modulated(x, offset, None), rtol=0, atol=0)
-    plain = DeformConv2d(4, 6, 3, padding=1, deform_groups=2)
+    plain = ops.DeformConv2d(4, 6, 3, padding=1, deform_groups=2)
     torch.testing.assert_close(torch.jit.script(plain)(x, offset), plain(x, offset), rtol=0, atol=0)

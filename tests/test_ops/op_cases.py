@@ -1,8 +1,10 @@
-"""Shared helpers of the operator tests (they import only torch, torchvision and dcn_plugin.ops)."""
+"""Shared helpers of the operator tests (they import only pytest, torch, torchvision and dcn_plugin.ops)."""
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Tuple
 
+import pytest
 import torch
 
 
@@ -205,3 +207,22 @@ PARITY_GRID = [
     Case(n=1, c=3, h=3, w=3, padding=(0, 0), tag='kernel = input size'),
     Case(n=3, c=16, o=8, h=12, w=11, tag='wider channels (vector loop + tail)'),
 ]
+
+
+def assert_refused_when_compiled(fn, kwargs, message):
+    """``fn(**kwargs)`` under ``torch.compile`` (aot_eager, one graph) raises an error containing ``message``:
+    the op's Meta kernel runs the same validator as its real kernels."""
+    compiled = torch.compile(lambda a: fn(**a), backend='aot_eager', fullgraph=True)
+    with pytest.raises(Exception, match=re.escape(message)):
+        compiled(kwargs)
+
+
+def malformed_cases(table):
+    """Parametrize a test by a table of ``(id, changes to the arguments, exception type, message regex)``."""
+    return pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in table], ids=[m[0] for m in table])
+
+
+def assert_refused(fn, kwargs, change, exc, pattern):
+    """``fn(**kwargs)`` with ``change`` applied raises ``exc`` with a message matching ``pattern``."""
+    with pytest.raises(exc, match=pattern):
+        fn(**{**kwargs, **change})

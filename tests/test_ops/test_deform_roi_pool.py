@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 import torchvision
+from op_cases import assert_refused, assert_refused_when_compiled, malformed_cases
 from roi_pool_cases import HYPER, make_case
 
 from dcn_plugin.ops import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack, deform_roi_pool
@@ -372,18 +373,15 @@ MALFORMED = [
 PYTHON_ONLY = ('output_size float', 'sampling_ratio float', 'spatial_scale string', 'rois not a tensor')
 
 
-@pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+@malformed_cases(MALFORMED)
 def test_function_rejects_malformed_input(change, exc, pattern):
-    args = _args()
-    args.update(change)
-    with pytest.raises(exc, match=pattern):
-        deform_roi_pool(**args)
+    assert_refused(deform_roi_pool, _args(), change, exc, pattern)
 
 
 RAW = [m for m in MALFORMED if m[0] not in PYTHON_ONLY]
 
 
-@pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in RAW], ids=[m[0] for m in RAW])
+@malformed_cases(RAW)
 def test_raw_ops_reject_malformed_input_from_cpp(change, exc, pattern):
     a = _args()
     a.update(change)
@@ -402,9 +400,7 @@ def test_raw_ops_reject_malformed_input_from_cpp(change, exc, pattern):
 def test_validation_also_runs_when_compiled():
     a = _args()
     a['offset'] = torch.zeros(6, 2, 2, 3, dtype=torch.float64)
-    fn = torch.compile(lambda a: deform_roi_pool(**a), backend='aot_eager', fullgraph=True)
-    with pytest.raises(Exception, match=re.escape('offset must have shape (K, 2, PH, PW)')):
-        fn(a)
+    assert_refused_when_compiled(deform_roi_pool, a, 'offset must have shape (K, 2, PH, PW)')
 
 
 def test_backward_op_rejects_wrong_grad_output():

@@ -1,11 +1,10 @@
 """Every malformed input raises a Python exception naming the argument, expected and actual value,
 before any kernel runs: through the function, through the raw op (the operator's one validator, in
 C++) and under compile (the same validator in the op's Meta kernel)."""
-import re
 
 import pytest
 import torch
-from op_cases import Case
+from op_cases import Case, assert_refused, assert_refused_when_compiled, malformed_cases
 
 from dcn_plugin.ops import modulated_deform_conv2d
 
@@ -18,7 +17,7 @@ def _args():
                 groups=2, deform_groups=2)
 
 
-MALFORMED = [
+MALFORMED = [  # a table: one malformed input a row, so the rows are alike by design
     # (id, changes to the arguments, exception type, regex the message must match)
     ('offset channels', dict(offset=torch.zeros(2, 35, 7, 6, dtype=torch.float64)), ValueError,
      r'offset must have shape .*\(2, 36, 7, 6\).*got \(2, 35, 7, 6\)'),
@@ -68,12 +67,9 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+@malformed_cases(MALFORMED)
 def test_function_rejects_malformed_input(change, exc, pattern):
-    args = _args()
-    args.update(change)
-    with pytest.raises(exc, match=pattern):
-        modulated_deform_conv2d(**args)
+    assert_refused(modulated_deform_conv2d, _args(), change, exc, pattern)
 
 
 def _pair(v):
@@ -84,7 +80,7 @@ def _pair(v):
 RAW = [m for m in MALFORMED if m[0] not in ('stride not int', 'padding triple', 'input not a tensor')]
 
 
-@pytest.mark.parametrize('change,exc,pattern', [m[1:] for m in RAW], ids=[m[0] for m in RAW])
+@malformed_cases(RAW)
 def test_raw_op_rejects_malformed_input_from_cpp(change, exc, pattern):
     args = _args()
     args.update(change)
@@ -97,9 +93,7 @@ def test_raw_op_rejects_malformed_input_from_cpp(change, exc, pattern):
 def test_validation_also_runs_when_compiled():
     args = _args()
     args['offset'] = torch.zeros(2, 35, 7, 6, dtype=torch.float64)
-    fn = torch.compile(lambda a: modulated_deform_conv2d(**a), backend='aot_eager', fullgraph=True)
-    with pytest.raises(Exception, match=re.escape('offset must have shape')):
-        fn(args)
+    assert_refused_when_compiled(modulated_deform_conv2d, args, 'offset must have shape')
 
 
 def test_backward_op_rejects_wrong_grad_output_shape():
