@@ -3,6 +3,7 @@ and the user's round trip with R-CNN feature mimicking: train with the branch, t
 import json
 import os
 import os.path as osp
+import statistics
 import subprocess
 import sys
 
@@ -91,6 +92,39 @@ def test_collect_metrics_cli_writes_markdown_and_json(tmp_path):
     assert out.read_text() == proc.stdout
     (summary,) = json.loads(js.read_text())
     assert summary['arm'] == 'dcn' and len(summary['runs']) == 3
+
+
+def test_arms_are_compared_with_a_baseline_by_welch_t_test(tmp_path):
+    from scipy import stats
+
+    from dcn_plugin.apis.study import compare_arms, format_comparison
+    plain = [0.30, 0.34, 0.31]
+    dcn = [0.33, 0.36, 0.35, 0.37]
+    runs = [load_run(_fake_run(tmp_path, f'p{i}', 'plain', i, (v, 0.5, 0.4))) for i, v in enumerate(plain)]
+    runs += [load_run(_fake_run(tmp_path, f'd{i}', 'dcn', i, (v, 0.5, 0.4))) for i, v in enumerate(dcn)]
+    runs += [load_run(_fake_run(tmp_path, 'one', 'single', 0, (0.2, 0.5, 0.4)))]
+    (c, single) = compare_arms(summarize_runs(runs), 'plain')
+    want = stats.ttest_ind(dcn, plain, equal_var=False)
+    assert (c.arm, c.baseline, c.n, c.n_baseline) == ('dcn', 'plain', 4, 3)
+    assert c.diff == pytest.approx(sum(dcn) / 4 - sum(plain) / 3)
+    assert (c.t, c.p) == (pytest.approx(want.statistic), pytest.approx(want.pvalue))
+    v1, v2 = statistics.variance(dcn) / 4, statistics.variance(plain) / 3
+    assert c.se == pytest.approx((v1 + v2) ** 0.5)
+    assert c.df == pytest.approx((v1 + v2) ** 2 / (v1 ** 2 / 3 + v2 ** 2 / 2))
+    assert single.n == 1 and single.diff == pytest.approx(0.2 - sum(plain) / 3) and single.p is None
+    text = format_comparison([c, single])
+    assert f'| dcn | 4 | +{c.diff:.3f} | {c.se:.3f} | {c.t:.2f} | {c.df:.1f} | {c.p:.2f} |' in text
+    assert '| single | 1 | -0.117 | — | — | — | — |' in text
+    with pytest.raises(KeyError, match="baseline arm 'nope' is not among the arms"):
+        compare_arms(summarize_runs(runs), 'nope')
+    folders = [r.work_dir for r in runs]
+    proc = subprocess.run([PY, 'tools/collect_metrics.py', *folders, '--baseline', 'plain'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f'| dcn | 4 | +{c.diff:.3f} | {c.se:.3f} | {c.t:.2f} |' in proc.stdout
+    proc = subprocess.run([PY, 'tools/collect_metrics.py', *folders, '--baseline', 'nope'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--baseline: baseline arm 'nope' is not among the arms" in proc.stderr
 
 
 def test_collect_metrics_brief_prints_one_line_per_run(tmp_path):

@@ -3,8 +3,9 @@
 Each RUN is a work dir holding ``test_metrics.json`` (``tools/test.py ... --work-dir RUN``) and, when it
 also trained there, its training log. Runs tested with the same config form one arm; the output is a
 Markdown table of each arm's mean ± sample standard deviation (min–max) over its runs (seeds), the
-training speed, and one row per run (``--brief``: one line of metrics per run). The work lives in
-:mod:`dcn_plugin.apis.study`.
+training speed, and one row per run (``--brief``: one line of metrics per run). ``--baseline ARM`` adds a
+table of every other arm against that one on the first metric: the difference of the means, its standard
+error and Welch's t-test. The work lives in :mod:`dcn_plugin.apis.study`.
 """
 import argparse
 import json
@@ -14,7 +15,15 @@ from dataclasses import asdict
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a fresh clone too
 
-from dcn_plugin.apis.study import DEFAULT_METRICS, format_brief, format_markdown, load_run, summarize_runs  # noqa: E402
+from dcn_plugin.apis.study import (  # noqa: E402
+    DEFAULT_METRICS,
+    compare_arms,
+    format_brief,
+    format_comparison,
+    format_markdown,
+    load_run,
+    summarize_runs,
+)
 
 
 def _folder_arm(path: str) -> str:
@@ -35,7 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'that holds the run folder (OUT/<arm>/seed<S>, as tools/mimic_study.sh lays out '
                              'its runs and ablations)')
     parser.add_argument('--brief', action='store_true', help='print one line of metrics per run instead of the tables')
-    return parser.parse_args(argv)
+    parser.add_argument('--baseline', metavar='ARM',
+                        help='also compare every other arm with this one on the first metric (Welch\'s t-test)')
+    args = parser.parse_args(argv)
+    if args.baseline is not None and args.brief:
+        parser.error('--baseline compares arms; it does not go with --brief')
+    return args
 
 
 def main(argv=None) -> str:
@@ -44,6 +58,12 @@ def main(argv=None) -> str:
     # the brief lines show a metric a run lacks as nan; the statistics need it in every run
     summaries = summarize_runs(runs, args.metrics) if not args.brief or args.json else []
     text = format_brief(runs, args.metrics) if args.brief else format_markdown(summaries, args.metrics)
+    if args.baseline is not None:
+        try:
+            comparisons = compare_arms(summaries, args.baseline, args.metrics[0])
+        except KeyError as e:
+            raise SystemExit(f'collect_metrics.py: --baseline: {e.args[0]}')
+        text += '\n' + format_comparison(comparisons)
     print(text, end='')
     if args.out:
         with open(args.out, 'w') as f:

@@ -13,7 +13,9 @@ without ``.py``), so several seeds of one config form one arm. For each run this
 
 :func:`summarize_runs` gives per arm the number of runs, the mean, the sample standard deviation (n - 1)
 and the range of each metric; :func:`format_markdown` prints it, :func:`format_brief` prints one line per
-run. ``tools/collect_metrics.py`` is the command line.
+run. :func:`compare_arms` sets each arm against a baseline arm (difference of the means, its standard
+error and Welch's t-test, which does not assume equal spreads); :func:`format_comparison` prints it.
+``tools/collect_metrics.py`` is the command line.
 
 :func:`loss_gradient_norms` measures, on one training batch, how large each loss term's gradient is in
 each part of a model (how hard the feature-mimicking losses pull against the detection losses).
@@ -26,8 +28,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ['Run', 'ArmSummary', 'load_run', 'summarize_runs', 'format_markdown', 'format_brief', 'DEFAULT_METRICS',
-           'loss_gradient_norms']
+__all__ = ['Run', 'ArmSummary', 'Comparison', 'load_run', 'summarize_runs', 'compare_arms', 'format_markdown',
+           'format_comparison', 'format_brief', 'DEFAULT_METRICS', 'loss_gradient_norms']
 
 DEFAULT_METRICS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75')
 #: how :func:`format_brief` names the COCO metrics (others: their key without the prefix)
@@ -147,6 +149,65 @@ def summarize_runs(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRICS
             s.low[key], s.high[key] = min(values), max(values)
         summaries.append(s)
     return summaries
+
+
+@dataclass
+class Comparison:
+    """An arm against the baseline arm on one metric: ``diff`` = arm mean - baseline mean, ``se`` its standard
+    error (sqrt(s1^2/n1 + s2^2/n2)), Welch's ``t`` = diff / se with Welch-Satterthwaite ``df``, and the
+    two-sided ``p``. ``se``, ``t``, ``df`` and ``p`` are ``None`` where an arm has fewer than two runs or both
+    spreads are zero."""
+    arm: str
+    baseline: str
+    metric: str
+    n: int
+    n_baseline: int
+    diff: float
+    se: Optional[float] = None
+    t: Optional[float] = None
+    df: Optional[float] = None
+    p: Optional[float] = None
+
+
+def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = DEFAULT_METRICS[0]) -> List[Comparison]:
+    """Every other arm of ``summaries`` against the arm named ``baseline`` on ``metric`` (Welch's t-test)."""
+    by_name = {s.arm: s for s in summaries}
+    if baseline not in by_name:
+        raise KeyError(f'baseline arm {baseline!r} is not among the arms {sorted(by_name)}')
+    base = by_name[baseline]
+    if metric not in base.mean:
+        raise KeyError(f'metric {metric!r} was not summarised (pass it in --metrics)')
+    out = []
+    for s in summaries:
+        if s.arm == baseline:
+            continue
+        c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(s.runs), n_baseline=len(base.runs),
+                       diff=s.mean[metric] - base.mean[metric])
+        if s.std[metric] is not None and base.std[metric] is not None:
+            v1, v2 = s.std[metric] ** 2 / c.n, base.std[metric] ** 2 / c.n_baseline
+            if v1 + v2 > 0:
+                from scipy import stats  # mmdet's dependency
+                c.se = math.sqrt(v1 + v2)
+                c.t = c.diff / c.se
+                c.df = (v1 + v2) ** 2 / (v1 ** 2 / (c.n - 1) + v2 ** 2 / (c.n_baseline - 1))
+                c.p = float(2 * stats.t.sf(abs(c.t), c.df))
+        out.append(c)
+    return out
+
+
+def format_comparison(comparisons: Sequence[Comparison]) -> str:
+    """A Markdown table of :func:`compare_arms`' result."""
+    if not comparisons:
+        return ''
+    c0 = comparisons[0]
+    name = c0.metric.split('/')[-1]
+    lines = [f'| Arm | runs | {name} − {c0.baseline} ({c0.n_baseline} runs) | standard error | Welch t | df | p |',
+             '|---|---:|---:|---:|---:|---:|---:|']
+    for c in comparisons:
+        cells = ['—' if v is None else fmt.format(v)
+                 for v, fmt in ((c.se, '{:.3f}'), (c.t, '{:.2f}'), (c.df, '{:.1f}'), (c.p, '{:.2f}'))]
+        lines.append(f'| {c.arm} | {c.n} | {c.diff:+.3f} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
 
 
 def _cell(s: ArmSummary, key: str, digits: int) -> str:
