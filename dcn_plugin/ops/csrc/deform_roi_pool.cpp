@@ -263,6 +263,8 @@ void check_roi_pool_backward_args_op(const at::Tensor& grad_output, const at::Te
 
 }  // namespace
 
+// The validators as ops (for the Triton kernels): each operator's file registers its own pair, so this block has
+// the shape of deform_conv.cpp's for a different operator.
 TORCH_LIBRARY_IMPL(dcn_plugin, CompositeExplicitAutograd, m) {
   m.impl("_check_deform_roi_pool_args", &check_roi_pool_args_op);
   m.impl("_check_deform_roi_pool_backward_args", &check_roi_pool_backward_args_op);

@@ -140,6 +140,23 @@ def _sample_tile(inp, row, cc, cmask, v00, v01, v10, v11, w00, w01, w10, w11, s_
 
 
 @triton.jit
+def _group_out_block(pid, OG, BLOCK_O: tl.constexpr, IDX_64: tl.constexpr):
+    """Program ``pid`` of a (conv group, output-channel block) axis: the group ``g``, the block's channels
+    within the group, their mask and their absolute output-channel indices."""
+    n_ob = tl.cdiv(OG, BLOCK_O)
+    g = pid // n_ob
+    oc = (pid - g * n_ob) * BLOCK_O + tl.arange(0, BLOCK_O)
+    return g, oc < OG, _ix(g * OG + oc, IDX_64)
+
+
+@triton.jit
+def _channel_block(c0, c_end, BLOCK_C: tl.constexpr, IDX_64: tl.constexpr):
+    """The channels ``[c0, c0 + BLOCK_C)`` below ``c_end``: their indices and mask."""
+    cc = c0 + tl.arange(0, BLOCK_C)
+    return _ix(cc, IDX_64), cc < c_end
+
+
+@triton.jit
 def _dot(a, b, acc, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
     """``acc + a @ b`` in float32. Under the interpreter (DOT_FP32) the tiles go in as float32: its
     ``tl.dot`` on bfloat16 tiles returns wrong numbers. The values are those of the 16-bit tiles, so the
@@ -161,12 +178,7 @@ def _conv_forward_kernel(
         PRECISION: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_p = tl.program_id(0)
-    pid_o = tl.program_id(1)
-    n_ob = tl.cdiv(OG, BLOCK_O)
-    g = pid_o // n_ob
-    oc = (pid_o - g * n_ob) * BLOCK_O + tl.arange(0, BLOCK_O)
-    omask = oc < OG
-    o_abs = _ix(g * OG + oc, IDX_64)
+    g, omask, o_abs = _group_out_block(tl.program_id(1), OG, BLOCK_O, IDX_64)
     n, ho, wo, pmask = _positions(_ix(pid_p, IDX_64) * BLOCK_P, NP, HW, WO, BLOCK_P, IDX_64)
     K = KH * KW
     c_lo = g * CG
@@ -182,9 +194,7 @@ def _conv_forward_kernel(
             c_start = tl.maximum(c_lo, d * CD)
             c_end = tl.minimum(c_hi, d * CD + CD)
             for c0 in range(c_start, c_end, BLOCK_C):
-                cc = c0 + tl.arange(0, BLOCK_C)
-                cmask = cc < c_end
-                cc = _ix(cc, IDX_64)
+                cc, cmask = _channel_block(c0, c_end, BLOCK_C, IDX_64)
                 col = _sample_tile(inp, row, cc, cmask, v00, v01, v10, v11, w00, w01, w10, w11, s_in_h, s_in_w)
                 w_ptr = (wgt + (o_abs * s_w_o)[None, :] + ((cc - c_lo) * s_w_c)[:, None] + _ix(i, IDX_64) * s_w_h
                          + _ix(j, IDX_64) * s_w_w)
@@ -207,13 +217,8 @@ def _conv_weight_grad_kernel(
         HAS_MASK: tl.constexpr, IDX_64: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr):
     # program (g, output block) x (kernel point, segment of a deform group inside conv group g, channel block)
-    pid_o = tl.program_id(0)
+    g, omask, o_abs = _group_out_block(tl.program_id(0), OG, BLOCK_O, IDX_64)
     pid_c = tl.program_id(1)
-    n_ob = tl.cdiv(OG, BLOCK_O)
-    g = pid_o // n_ob
-    oc = (pid_o - g * n_ob) * BLOCK_O + tl.arange(0, BLOCK_O)
-    omask = oc < OG
-    o_abs = _ix(g * OG + oc, IDX_64)
     cb = pid_c % NCB
     t = pid_c // NCB
     s = t % NSEG
@@ -224,9 +229,7 @@ def _conv_weight_grad_kernel(
     d = c_lo // CD + s
     c_start = tl.maximum(c_lo, d * CD) + cb * BLOCK_C
     c_end = tl.minimum(c_hi, d * CD + CD)
-    cc = c_start + tl.arange(0, BLOCK_C)
-    cmask = cc < c_end
-    cc = _ix(cc, IDX_64)
+    cc, cmask = _channel_block(c_start, c_end, BLOCK_C, IDX_64)
     np_end = tl.where(c_start < c_end, NP, 0)  # a program past its group's segments does nothing
     acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     for p0 in range(0, np_end, BLOCK_P):
@@ -297,9 +300,7 @@ def _conv_column_grad_kernel(
         c_start = tl.maximum(d_lo, g * CG)
         c_end = tl.minimum(d_hi, g * CG + CG)
         for c0 in range(c_start, c_end, BLOCK_C):
-            cc = c0 + tl.arange(0, BLOCK_C)
-            cmask = cc < c_end
-            cc = _ix(cc, IDX_64)
+            cc, cmask = _channel_block(c0, c_end, BLOCK_C, IDX_64)
             # the columns' gradient of this channel block: grad_out (positions, O/g) @ weight (O/g, channels)
             gcol = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
             for o0 in range(0, OG, BLOCK_O):

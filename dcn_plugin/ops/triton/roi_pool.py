@@ -109,6 +109,38 @@ def _roi_bin(rois, off, kb, PH, PW, spatial_scale, gamma, sampling_ratio, s_off_
 
 
 @triton.jit
+def _bin_bounds(ys, bin_h, gh, xs, bin_w, gw, H, W, batch, s_in_n, IDX_64: tl.constexpr):
+    """The sample rows ``[y_lo, y_hi)`` and columns ``[x_lo, x_hi)`` of a bin that touch the map, the grid
+    sizes as float32 and the offset of the RoI's image."""
+    y_lo, y_hi = _bin_axis(ys, bin_h, gh, H)
+    x_lo, x_hi = _bin_axis(xs, bin_w, gw, W)
+    return (y_lo, y_hi, x_lo, x_hi, tl.cast(gh, tl.float32), tl.cast(gw, tl.float32),
+            _ix(batch, IDX_64) * s_in_n)
+
+
+@triton.jit
+def _sample_taps(y0a, ly, y_valid, x, H, W, base_n, s_in_h, s_in_w, IDX_64: tl.constexpr):
+    """A sample on a bin row (the row's ``_roi_align_axis``) at column position ``x``: whether it moves with
+    ``x``, its bilinear fractions, taps and weights, and the input offset of its top-left tap (the
+    image's first pixel for a sample that touches nothing, so every address stays inside)."""
+    x0a, lx, x_valid, x_moves = _roi_align_axis(x, W)
+    y0, x0, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11 = bilinear_taps_at(y0a, x0a, ly, lx, H, W,
+                                                                           y_valid & x_valid)
+    inside = v00 | v01 | v10 | v11
+    row = base_n + _ix(tl.where(inside, y0, 0), IDX_64) * s_in_h + _ix(tl.where(inside, x0, 0), IDX_64) * s_in_w
+    return row, x_moves, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11
+
+
+@triton.jit
+def _load_taps(p, cmask, v00, v01, v10, v11, s_in_h, s_in_w):
+    """The four taps' channel vectors at ``p`` (top-left), as float32, zero where a tap is outside."""
+    return (tl.load(p, mask=(cmask & (v00 != 0)), other=0.0).to(tl.float32),
+            tl.load(p + s_in_w, mask=(cmask & (v01 != 0)), other=0.0).to(tl.float32),
+            tl.load(p + s_in_h, mask=(cmask & (v10 != 0)), other=0.0).to(tl.float32),
+            tl.load(p + s_in_h + s_in_w, mask=(cmask & (v11 != 0)), other=0.0).to(tl.float32))
+
+
+@triton.jit
 def _roi_pool_forward_kernel(
         inp, rois, off, out, H, W, C, PH, PW, spatial_scale, gamma, sampling_ratio,
         s_in_n, s_in_h, s_in_w, s_off_k, s_off_c, s_off_h, s_off_w, s_out_k, s_out_c, s_out_h, s_out_w,
@@ -119,25 +151,16 @@ def _roi_pool_forward_kernel(
     cc = _ix(cc, IDX_64)
     k, ph, pw, batch, ys, bin_h, gh, xs, bin_w, gw, count, dy_scale, dx_scale = _roi_bin(
         rois, off, kb, PH, PW, spatial_scale, gamma, sampling_ratio, s_off_k, s_off_c, s_off_h, s_off_w, HAS_OFFSET)
-    y_lo, y_hi = _bin_axis(ys, bin_h, gh, H)
-    x_lo, x_hi = _bin_axis(xs, bin_w, gw, W)
-    gh_f = tl.cast(gh, tl.float32)
-    gw_f = tl.cast(gw, tl.float32)
-    base_n = _ix(batch, IDX_64) * s_in_n
+    y_lo, y_hi, x_lo, x_hi, gh_f, gw_f, base_n = _bin_bounds(ys, bin_h, gh, xs, bin_w, gw, H, W, batch, s_in_n,
+                                                             IDX_64)
     acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for iy in range(y_lo, y_hi):
         y0a, ly, y_valid, y_moves = _roi_align_axis(_axis_at(ys, bin_h, gh_f, iy), H)
         for ix in range(x_lo, x_hi):
-            x0a, lx, x_valid, x_moves = _roi_align_axis(_axis_at(xs, bin_w, gw_f, ix), W)
-            y0, x0, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11 = bilinear_taps_at(
-                y0a, x0a, ly, lx, H, W, y_valid & x_valid)
-            row = base_n + _ix(tl.where(v00 | v01 | v10 | v11, y0, 0), IDX_64) * s_in_h + \
-                _ix(tl.where(v00 | v01 | v10 | v11, x0, 0), IDX_64) * s_in_w
-            p = inp + row + cc
-            acc += (w00 * tl.load(p, mask=(cmask & (v00 != 0)), other=0.0).to(tl.float32)
-                    + w01 * tl.load(p + s_in_w, mask=(cmask & (v01 != 0)), other=0.0).to(tl.float32)
-                    + w10 * tl.load(p + s_in_h, mask=(cmask & (v10 != 0)), other=0.0).to(tl.float32)
-                    + w11 * tl.load(p + s_in_h + s_in_w, mask=(cmask & (v11 != 0)), other=0.0).to(tl.float32))
+            row, x_moves, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11 = _sample_taps(
+                y0a, ly, y_valid, _axis_at(xs, bin_w, gw_f, ix), H, W, base_n, s_in_h, s_in_w, IDX_64)
+            t00, t01, t10, t11 = _load_taps(inp + row + cc, cmask, v00, v01, v10, v11, s_in_h, s_in_w)
+            acc += w00 * t00 + w01 * t01 + w10 * t10 + w11 * t11
     o_ptr = (out + _ix(k, IDX_64) * s_out_k + cc * s_out_c + _ix(ph, IDX_64) * s_out_h
              + _ix(pw, IDX_64) * s_out_w)
     tl.store(o_ptr, (acc / count).to(out.dtype.element_ty), mask=cmask)
@@ -160,23 +183,17 @@ def _roi_pool_backward_kernel(
         c_last = C
     else:
         c_last = tl.minimum(C, c_first + BLOCK_C)
-    y_lo, y_hi = _bin_axis(ys, bin_h, gh, H)
-    x_lo, x_hi = _bin_axis(xs, bin_w, gw, W)
-    gh_f = tl.cast(gh, tl.float32)
-    gw_f = tl.cast(gw, tl.float32)
-    base_n = _ix(batch, IDX_64) * s_in_n
+    y_lo, y_hi, x_lo, x_hi, gh_f, gw_f, base_n = _bin_bounds(ys, bin_h, gh, xs, bin_w, gw, H, W, batch, s_in_n,
+                                                             IDX_64)
     go_base = gout + _ix(k, IDX_64) * s_go_k + _ix(ph, IDX_64) * s_go_h + _ix(pw, IDX_64) * s_go_w
     sy = tl.zeros((BLOCK_C,), dtype=tl.float32)
     sx = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    # the forward kernel's walk over the bin's samples (a Triton function cannot hold a loop body for both)
     for iy in range(y_lo, y_hi):
         y0a, ly, y_valid, y_moves = _roi_align_axis(_axis_at(ys, bin_h, gh_f, iy), H)
         for ix in range(x_lo, x_hi):
-            x0a, lx, x_valid, x_moves = _roi_align_axis(_axis_at(xs, bin_w, gw_f, ix), W)
-            y0, x0, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11 = bilinear_taps_at(
-                y0a, x0a, ly, lx, H, W, y_valid & x_valid)
-            inside = v00 | v01 | v10 | v11
-            row = (base_n + _ix(tl.where(inside, y0, 0), IDX_64) * s_in_h
-                   + _ix(tl.where(inside, x0, 0), IDX_64) * s_in_w)
+            row, x_moves, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11 = _sample_taps(
+                y0a, ly, y_valid, _axis_at(xs, bin_w, gw_f, ix), H, W, base_n, s_in_h, s_in_w, IDX_64)
             for c0 in range(c_first, c_last, BLOCK_C):
                 cc = c0 + tl.arange(0, BLOCK_C)
                 cmask = cc < c_last
@@ -190,12 +207,8 @@ def _roi_pool_backward_kernel(
                     tl.atomic_add(p + s_in_h, w10 * g, mask=(cmask & (v10 != 0)), sem='relaxed')
                     tl.atomic_add(p + s_in_h + s_in_w, w11 * g, mask=(cmask & (v11 != 0)), sem='relaxed')
                 if NEED_OFFSET:
-                    p = inp + row + cc
-                    d_dy, d_dx = bilinear_coord_grad(
-                        ty, tx, tl.load(p, mask=(cmask & (v00 != 0)), other=0.0).to(tl.float32),
-                        tl.load(p + s_in_w, mask=(cmask & (v01 != 0)), other=0.0).to(tl.float32),
-                        tl.load(p + s_in_h, mask=(cmask & (v10 != 0)), other=0.0).to(tl.float32),
-                        tl.load(p + s_in_h + s_in_w, mask=(cmask & (v11 != 0)), other=0.0).to(tl.float32))
+                    t00, t01, t10, t11 = _load_taps(inp + row + cc, cmask, v00, v01, v10, v11, s_in_h, s_in_w)
+                    d_dy, d_dx = bilinear_coord_grad(ty, tx, t00, t01, t10, t11)
                     # the clamp holds a sample still along an axis where it does not move
                     sy += tl.where(y_moves, gv * d_dy, 0.0)
                     sx += tl.where(x_moves, gv * d_dx, 0.0)
