@@ -127,6 +127,34 @@ def test_arms_are_compared_with_a_baseline_by_welch_t_test(tmp_path):
     assert proc.returncode == 1 and "--baseline: baseline arm 'nope' is not among the arms" in proc.stderr
 
 
+def test_arms_are_compared_seed_by_seed_when_paired(tmp_path):
+    from scipy import stats
+
+    from dcn_plugin.apis.study import compare_arms, format_comparison
+    base = {0: 0.30, 1: 0.36, 2: 0.31, 5: 0.33}
+    arm = {0: 0.29, 1: 0.34, 2: 0.30, 3: 0.50}  # seed 3 has no partner, seed 5 none here
+    runs = [load_run(_fake_run(tmp_path, f'b{s}', 'base', s, (v, 0.5, 0.4))) for s, v in base.items()]
+    runs += [load_run(_fake_run(tmp_path, f'a{s}', 'arm', s, (v, 0.5, 0.4))) for s, v in arm.items()]
+    (c,) = compare_arms(summarize_runs(runs), 'base', paired=True)
+    want = stats.ttest_rel([arm[s] for s in (0, 1, 2)], [base[s] for s in (0, 1, 2)])
+    assert (c.n, c.n_baseline, c.df) == (3, 3, 2.0)
+    assert c.diff == pytest.approx(-0.04 / 3)
+    assert (c.t, c.p) == (pytest.approx(want.statistic), pytest.approx(want.pvalue))
+    assert '| arm | 3 | -0.013 |' in format_comparison([c], paired=True)
+    assert 'paired t' in format_comparison([c], paired=True)
+    same = [load_run(_fake_run(tmp_path, f'c{s}', 'shifted', s, (base[s] + 0.01, 0.5, 0.4))) for s in (0, 1)]
+    (flat, _) = compare_arms(summarize_runs(runs[:4] + same + runs[4:]), 'base', paired=True)
+    assert flat.diff == pytest.approx(0.01) and flat.se is None and flat.p is None  # no spread in the differences
+    folders = [r.work_dir for r in runs]
+    proc = subprocess.run([PY, 'tools/collect_metrics.py', *folders, '--paired'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and '--paired needs --baseline ARM' in proc.stderr
+    proc = subprocess.run([PY, 'tools/collect_metrics.py', *folders, '--baseline', 'base', '--paired'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f'| arm | 3 | -0.013 | {c.se:.3f} | {c.t:.2f} | 2.0 | {c.p:.2f} |' in proc.stdout
+
+
 def test_collect_metrics_brief_prints_one_line_per_run(tmp_path):
     runs = [_fake_run(tmp_path, f'r{s}', 'dcn', s, (0.3 + s / 100, 0.5, 0.4)) for s in range(2)]
     assert format_brief([load_run(r) for r in runs]) == ('dcn: bbox mAP 0.300  mAP@0.5 0.500  mAP@0.75 0.400\n'

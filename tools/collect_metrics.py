@@ -5,7 +5,8 @@ also trained there, its training log. Runs tested with the same config form one 
 Markdown table of each arm's mean ± sample standard deviation (min–max) over its runs (seeds), the
 training speed, and one row per run (``--brief``: one line of metrics per run). ``--baseline ARM`` adds a
 table of every other arm against that one on the first metric: the difference of the means, its standard
-error and Welch's t-test. The work lives in :mod:`dcn_plugin.apis.study`.
+error and Welch's t-test (``--paired``: a paired t-test over the seeds both arms ran). The work lives in
+:mod:`dcn_plugin.apis.study`.
 """
 import argparse
 import json
@@ -46,9 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--brief', action='store_true', help='print one line of metrics per run instead of the tables')
     parser.add_argument('--baseline', metavar='ARM',
                         help='also compare every other arm with this one on the first metric (Welch\'s t-test)')
+    parser.add_argument('--paired', action='store_true',
+                        help='with --baseline: compare run by run over the seeds both arms ran (paired t-test)')
     args = parser.parse_args(argv)
     if args.baseline is not None and args.brief:
         parser.error('--baseline compares arms; it does not go with --brief')
+    if args.paired and args.baseline is None:
+        parser.error('--paired needs --baseline ARM')
     return args
 
 
@@ -60,10 +65,10 @@ def main(argv=None) -> str:
     text = format_brief(runs, args.metrics) if args.brief else format_markdown(summaries, args.metrics)
     if args.baseline is not None:
         try:
-            comparisons = compare_arms(summaries, args.baseline, args.metrics[0])
+            comparisons = compare_arms(summaries, args.baseline, args.metrics[0], paired=args.paired)
         except KeyError as e:
             raise SystemExit(f'collect_metrics.py: --baseline: {e.args[0]}')
-        text += '\n' + format_comparison(comparisons)
+        text += '\n' + format_comparison(comparisons, paired=args.paired)
     print(text, end='')
     if args.out:
         with open(args.out, 'w') as f:

@@ -14,7 +14,8 @@ without ``.py``), so several seeds of one config form one arm. For each run this
 :func:`summarize_runs` gives per arm the number of runs, the mean, the sample standard deviation (n - 1)
 and the range of each metric; :func:`format_markdown` prints it, :func:`format_brief` prints one line per
 run. :func:`compare_arms` sets each arm against a baseline arm (difference of the means, its standard
-error and Welch's t-test, which does not assume equal spreads); :func:`format_comparison` prints it.
+error and Welch's t-test, which does not assume equal spreads, or a paired t-test over the seeds both arms
+ran); :func:`format_comparison` prints it.
 ``tools/collect_metrics.py`` is the command line.
 
 :func:`loss_gradient_norms` measures, on one training batch, how large each loss term's gradient is in
@@ -169,24 +170,42 @@ class Comparison:
     p: Optional[float] = None
 
 
-def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = DEFAULT_METRICS[0]) -> List[Comparison]:
-    """Every other arm of ``summaries`` against the arm named ``baseline`` on ``metric`` (Welch's t-test)."""
+def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = DEFAULT_METRICS[0],
+                 paired: bool = False) -> List[Comparison]:
+    """Every other arm of ``summaries`` against the arm named ``baseline`` on ``metric``: Welch's t-test, or
+    with ``paired`` a paired t-test over the seeds both arms ran (runs of one seed share their initial
+    weights and data order whatever the arm, so their difference carries less seed noise); ``n`` and
+    ``n_baseline`` are then the number of pairs."""
     by_name = {s.arm: s for s in summaries}
     if baseline not in by_name:
         raise KeyError(f'baseline arm {baseline!r} is not among the arms {sorted(by_name)}')
     base = by_name[baseline]
     if metric not in base.mean:
         raise KeyError(f'metric {metric!r} was not summarised (pass it in --metrics)')
+    from scipy import stats  # mmdet's dependency
     out = []
     for s in summaries:
         if s.arm == baseline:
+            continue
+        if paired:
+            mine = {r.seed: r.metrics[metric] for r in s.runs if r.seed is not None}
+            theirs = {r.seed: r.metrics[metric] for r in base.runs if r.seed is not None}
+            d = [mine[seed] - theirs[seed] for seed in sorted(set(mine) & set(theirs))]
+            if not d:
+                continue
+            c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(d), n_baseline=len(d),
+                           diff=statistics.fmean(d))
+            if len(d) > 1 and statistics.stdev(d) > 0:
+                c.se = statistics.stdev(d) / math.sqrt(len(d))
+                c.t, c.df = c.diff / c.se, float(len(d) - 1)
+                c.p = float(2 * stats.t.sf(abs(c.t), c.df))
+            out.append(c)
             continue
         c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(s.runs), n_baseline=len(base.runs),
                        diff=s.mean[metric] - base.mean[metric])
         if s.std[metric] is not None and base.std[metric] is not None:
             v1, v2 = s.std[metric] ** 2 / c.n, base.std[metric] ** 2 / c.n_baseline
             if v1 + v2 > 0:
-                from scipy import stats  # mmdet's dependency
                 c.se = math.sqrt(v1 + v2)
                 c.t = c.diff / c.se
                 c.df = (v1 + v2) ** 2 / (v1 ** 2 / (c.n - 1) + v2 ** 2 / (c.n_baseline - 1))
@@ -195,14 +214,18 @@ def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = D
     return out
 
 
-def format_comparison(comparisons: Sequence[Comparison]) -> str:
+def format_comparison(comparisons: Sequence[Comparison], paired: bool = False) -> str:
     """A Markdown table of :func:`compare_arms`' result."""
     if not comparisons:
         return ''
     c0 = comparisons[0]
     name = c0.metric.split('/')[-1]
-    lines = [f'| Arm | runs | {name} − {c0.baseline} ({c0.n_baseline} runs) | standard error | Welch t | df | p |',
-             '|---|---:|---:|---:|---:|---:|---:|']
+    if paired:
+        lines = [f'| Arm | seeds paired | {name} − {c0.baseline}, mean over the seeds | standard error | paired t '
+                 '| df | p |']
+    else:
+        lines = [f'| Arm | runs | {name} − {c0.baseline} ({c0.n_baseline} runs) | standard error | Welch t | df | p |']
+    lines.append('|---|---:|---:|---:|---:|---:|---:|')
     for c in comparisons:
         cells = ['—' if v is None else fmt.format(v)
                  for v, fmt in ((c.se, '{:.3f}'), (c.t, '{:.2f}'), (c.df, '{:.1f}'), (c.p, '{:.2f}'))]
