@@ -105,7 +105,7 @@ def test_arms_are_compared_with_a_baseline_by_welch_t_test(tmp_path):
     runs += [load_run(_fake_run(tmp_path, 'one', 'single', 0, (0.2, 0.5, 0.4)))]
     (c, single) = compare_arms(summarize_runs(runs), 'plain')
     want = stats.ttest_ind(dcn, plain, equal_var=False)
-    assert (c.arm, c.baseline, c.n, c.n_baseline) == ('dcn', 'plain', 4, 3)
+    assert (c.arm, c.baseline, c.n, c.n_baseline, c.paired) == ('dcn', 'plain', 4, 3, False)
     assert c.diff == pytest.approx(sum(dcn) / 4 - sum(plain) / 3)
     assert (c.t, c.p) == (pytest.approx(want.statistic), pytest.approx(want.pvalue))
     v1, v2 = statistics.variance(dcn) / 4, statistics.variance(plain) / 3
@@ -137,11 +137,11 @@ def test_arms_are_compared_seed_by_seed_when_paired(tmp_path):
     runs += [load_run(_fake_run(tmp_path, f'a{s}', 'arm', s, (v, 0.5, 0.4))) for s, v in arm.items()]
     (c,) = compare_arms(summarize_runs(runs), 'base', paired=True)
     want = stats.ttest_rel([arm[s] for s in (0, 1, 2)], [base[s] for s in (0, 1, 2)])
-    assert (c.n, c.n_baseline, c.df) == (3, 3, 2.0)
+    assert (c.n, c.n_baseline, c.df, c.paired) == (3, 3, 2.0, True)
     assert c.diff == pytest.approx(-0.04 / 3)
     assert (c.t, c.p) == (pytest.approx(want.statistic), pytest.approx(want.pvalue))
-    assert '| arm | 3 | -0.013 |' in format_comparison([c], paired=True)
-    assert 'paired t' in format_comparison([c], paired=True)
+    assert '| arm | 3 | -0.013 |' in format_comparison([c])
+    assert 'paired t' in format_comparison([c])
     same = [load_run(_fake_run(tmp_path, f'c{s}', 'shifted', s, (base[s] + 0.01, 0.5, 0.4))) for s in (0, 1)]
     (flat, _) = compare_arms(summarize_runs(runs[:4] + same + runs[4:]), 'base', paired=True)
     assert flat.diff == pytest.approx(0.01) and flat.se is None and flat.p is None  # no spread in the differences

@@ -68,7 +68,7 @@ def main(argv=None) -> str:
             comparisons = compare_arms(summaries, args.baseline, args.metrics[0], paired=args.paired)
         except KeyError as e:
             raise SystemExit(f'collect_metrics.py: --baseline: {e.args[0]}')
-        text += '\n' + format_comparison(comparisons, paired=args.paired)
+        text += '\n' + format_comparison(comparisons)
     print(text, end='')
     if args.out:
         with open(args.out, 'w') as f:

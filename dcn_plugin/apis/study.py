@@ -155,15 +155,18 @@ def summarize_runs(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRICS
 @dataclass
 class Comparison:
     """An arm against the baseline arm on one metric: ``diff`` = arm mean - baseline mean, ``se`` its standard
-    error (sqrt(s1^2/n1 + s2^2/n2)), Welch's ``t`` = diff / se with Welch-Satterthwaite ``df``, and the
-    two-sided ``p``. ``se``, ``t``, ``df`` and ``p`` are ``None`` where an arm has fewer than two runs or both
-    spreads are zero."""
+    error, ``t`` = diff / se on ``df`` degrees of freedom, and the two-sided ``p``. Unpaired (Welch): se =
+    sqrt(s1^2/n1 + s2^2/n2) with the Welch-Satterthwaite ``df``; ``paired``: the mean and standard error of
+    the per-seed differences, ``n`` = ``n_baseline`` = the number of seeds both arms ran, df = n - 1.
+    ``se``, ``t``, ``df`` and ``p`` are ``None`` where an arm has fewer than two runs (pairs) or there is no
+    spread."""
     arm: str
     baseline: str
     metric: str
     n: int
     n_baseline: int
     diff: float
+    paired: bool = False
     se: Optional[float] = None
     t: Optional[float] = None
     df: Optional[float] = None
@@ -174,8 +177,8 @@ def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = D
                  paired: bool = False) -> List[Comparison]:
     """Every other arm of ``summaries`` against the arm named ``baseline`` on ``metric``: Welch's t-test, or
     with ``paired`` a paired t-test over the seeds both arms ran (runs of one seed share their initial
-    weights and data order whatever the arm, so their difference carries less seed noise); ``n`` and
-    ``n_baseline`` are then the number of pairs."""
+    weights and data order whatever the arm, so their difference carries less seed noise; an arm sharing
+    no seed with the baseline is left out)."""
     by_name = {s.arm: s for s in summaries}
     if baseline not in by_name:
         raise KeyError(f'baseline arm {baseline!r} is not among the arms {sorted(by_name)}')
@@ -183,44 +186,42 @@ def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = D
     if metric not in base.mean:
         raise KeyError(f'metric {metric!r} was not summarised (pass it in --metrics)')
     from scipy import stats  # mmdet's dependency
+    base_by_seed = {r.seed: r.metrics[metric] for r in base.runs if r.seed is not None}
     out = []
     for s in summaries:
         if s.arm == baseline:
             continue
         if paired:
             mine = {r.seed: r.metrics[metric] for r in s.runs if r.seed is not None}
-            theirs = {r.seed: r.metrics[metric] for r in base.runs if r.seed is not None}
-            d = [mine[seed] - theirs[seed] for seed in sorted(set(mine) & set(theirs))]
+            d = [mine[seed] - base_by_seed[seed] for seed in sorted(set(mine) & set(base_by_seed))]
             if not d:
                 continue
             c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(d), n_baseline=len(d),
-                           diff=statistics.fmean(d))
+                           diff=statistics.fmean(d), paired=True)
             if len(d) > 1 and statistics.stdev(d) > 0:
-                c.se = statistics.stdev(d) / math.sqrt(len(d))
-                c.t, c.df = c.diff / c.se, float(len(d) - 1)
-                c.p = float(2 * stats.t.sf(abs(c.t), c.df))
-            out.append(c)
-            continue
-        c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(s.runs), n_baseline=len(base.runs),
-                       diff=s.mean[metric] - base.mean[metric])
-        if s.std[metric] is not None and base.std[metric] is not None:
-            v1, v2 = s.std[metric] ** 2 / c.n, base.std[metric] ** 2 / c.n_baseline
-            if v1 + v2 > 0:
-                c.se = math.sqrt(v1 + v2)
-                c.t = c.diff / c.se
-                c.df = (v1 + v2) ** 2 / (v1 ** 2 / (c.n - 1) + v2 ** 2 / (c.n_baseline - 1))
-                c.p = float(2 * stats.t.sf(abs(c.t), c.df))
+                c.se, c.df = statistics.stdev(d) / math.sqrt(len(d)), float(len(d) - 1)
+        else:
+            c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(s.runs), n_baseline=len(base.runs),
+                           diff=s.mean[metric] - base.mean[metric])
+            if s.std[metric] is not None and base.std[metric] is not None:
+                v1, v2 = s.std[metric] ** 2 / c.n, base.std[metric] ** 2 / c.n_baseline
+                if v1 + v2 > 0:
+                    c.se = math.sqrt(v1 + v2)
+                    c.df = (v1 + v2) ** 2 / (v1 ** 2 / (c.n - 1) + v2 ** 2 / (c.n_baseline - 1))
+        if c.se is not None:
+            c.t = c.diff / c.se
+            c.p = float(2 * stats.t.sf(abs(c.t), c.df))
         out.append(c)
     return out
 
 
-def format_comparison(comparisons: Sequence[Comparison], paired: bool = False) -> str:
+def format_comparison(comparisons: Sequence[Comparison]) -> str:
     """A Markdown table of :func:`compare_arms`' result."""
     if not comparisons:
         return ''
     c0 = comparisons[0]
     name = c0.metric.split('/')[-1]
-    if paired:
+    if c0.paired:
         lines = [f'| Arm | seeds paired | {name} − {c0.baseline}, mean over the seeds | standard error | paired t '
                  '| df | p |']
     else:
