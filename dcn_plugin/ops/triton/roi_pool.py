@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 from torch._prims_common import suggest_memory_format  # the Python twin of C++'s suggest_memory_format
 
-from .deform_conv import LaunchConfig, _device_of, _ix, _needs_int64, _rows, interpreted
+from .deform_conv import LaunchConfig, _channel_block, _device_of, _ix, _needs_int64, _rows, interpreted
 from .sampling import bilinear_coord_grad, bilinear_taps_at
 
 # one channel per thread; no spills on sm_80 / sm_90 in any dtype (scripts/check_triton_build.py)
@@ -146,9 +146,7 @@ def _roi_pool_forward_kernel(
         s_in_n, s_in_h, s_in_w, s_off_k, s_off_c, s_off_h, s_off_w, s_out_k, s_out_c, s_out_h, s_out_w,
         HAS_OFFSET: tl.constexpr, IDX_64: tl.constexpr, BLOCK_C: tl.constexpr):
     kb = tl.program_id(0)
-    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cc < C
-    cc = _ix(cc, IDX_64)
+    cc, cmask = _channel_block(tl.program_id(1) * BLOCK_C, C, BLOCK_C, IDX_64)
     k, ph, pw, batch, ys, bin_h, gh, xs, bin_w, gw, count, dy_scale, dx_scale = _roi_bin(
         rois, off, kb, PH, PW, spatial_scale, gamma, sampling_ratio, s_off_k, s_off_c, s_off_h, s_off_w, HAS_OFFSET)
     y_lo, y_hi, x_lo, x_hi, gh_f, gw_f, base_n = _bin_bounds(ys, bin_h, gh, xs, bin_w, gw, H, W, batch, s_in_n,
@@ -195,9 +193,7 @@ def _roi_pool_backward_kernel(
             row, x_moves, ty, tx, v00, v01, v10, v11, w00, w01, w10, w11 = _sample_taps(
                 y0a, ly, y_valid, _axis_at(xs, bin_w, gw_f, ix), H, W, base_n, s_in_h, s_in_w, IDX_64)
             for c0 in range(c_first, c_last, BLOCK_C):
-                cc = c0 + tl.arange(0, BLOCK_C)
-                cmask = cc < c_last
-                cc = _ix(cc, IDX_64)
+                cc, cmask = _channel_block(c0, c_last, BLOCK_C, IDX_64)
                 gv = tl.load(go_base + cc * s_go_c, mask=cmask, other=0.0).to(tl.float32)
                 if NEED_INPUT:
                     g = gv / count
