@@ -2,14 +2,11 @@
 # ConvNets v2: More Deformable, Better Results", CVPR 2019): faster-rcnn_r18_fpn_gn-all_demo-shapes.py
 # plus a training-only branch (docs/models.md), same data and schedule. Inference is that config's model:
 # a checkpoint of this config also tests with the config without mimicking.
-# What the demo showed with these settings (docs/demo.md, "R-CNN feature mimicking study"): mimicking did
-# not help in any run, and whether it costs points is not settled. Seed 0 scored 0.262 before the branch
-# drew from its own random stream and 0.304 after (same computation, other draws), against plain conv's
-# 0.341, 0.300 (earlier) and 0.318 (seed 0, current code): pooled, 0.278 +- 0.023 against 0.320 +- 0.021,
-# p ~ 0.08. Paired at seed 0: mimic loss alone 0.307, crop classifier alone 0.348, both 0.304, neither
-# 0.318, all within one seed's spread (about 4 points). The weights stay the paper's (0.1 and 0.1).
-# Three seeds after the fix (docs/demo.md, the DCNv2 paper's ablation): 0.291 +- 0.017 against plain conv's
-# 0.307 +- 0.014, lower in every seed (-1.4, -2.0, -1.4; paired p = 0.015): on the demo the branch costs points.
+# What the demo showed with these settings (docs/demo.md): three seeds scored 0.291 +- 0.017 against plain
+# conv's 0.307 +- 0.014, lower in every seed (-1.4, -2.0, -1.4; paired p = 0.015), so on the demo the branch
+# costs points. No defect was found in it; paired at seed 0, the mimic loss alone scored 0.307, the crop
+# classifier alone 0.348 and both 0.304 against 0.318 without the branch, each within one seed's spread
+# (about 4 points). The weights stay the paper's (0.1 and 0.1).
 _base_ = './faster-rcnn_r18_fpn_gn-all_demo-shapes.py'
 model = dict(
     type='MimicFasterRCNN',  # FasterRCNN that hands its input images to the RoI head
