@@ -139,6 +139,7 @@ def test_arms_are_compared_seed_by_seed_when_paired(tmp_path):
     want = stats.ttest_rel([arm[s] for s in (0, 1, 2)], [base[s] for s in (0, 1, 2)])
     assert (c.n, c.n_baseline, c.df, c.paired) == (3, 3, 2.0, True)
     assert c.diff == pytest.approx(-0.04 / 3)
+    assert list(c.by_seed) == [0, 1, 2] and c.by_seed[1] == pytest.approx(-0.02)
     assert (c.t, c.p) == (pytest.approx(want.statistic), pytest.approx(want.pvalue))
     assert '| arm | 3 | -0.013 |' in format_comparison([c])
     assert 'paired t' in format_comparison([c])
@@ -152,7 +153,8 @@ def test_arms_are_compared_seed_by_seed_when_paired(tmp_path):
     proc = subprocess.run([PY, 'tools/collect_metrics.py', *folders, '--baseline', 'base', '--paired'], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert f'| arm | 3 | -0.013 | {c.se:.3f} | {c.t:.2f} | 2.0 | {c.p:.2f} |' in proc.stdout
+    assert (f'| arm | 3 | -0.013 | {c.se:.3f} | {c.t:.2f} | 2.0 | {c.p:.2f} | 0: -0.010, 1: -0.020, 2: -0.010 |'
+            in proc.stdout)
 
 
 def test_collect_metrics_brief_prints_one_line_per_run(tmp_path):

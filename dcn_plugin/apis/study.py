@@ -157,9 +157,9 @@ class Comparison:
     """An arm against the baseline arm on one metric: ``diff`` = arm mean - baseline mean, ``se`` its standard
     error, ``t`` = diff / se on ``df`` degrees of freedom, and the two-sided ``p``. Unpaired (Welch): se =
     sqrt(s1^2/n1 + s2^2/n2) with the Welch-Satterthwaite ``df``; ``paired``: the mean and standard error of
-    the per-seed differences, ``n`` = ``n_baseline`` = the number of seeds both arms ran, df = n - 1.
-    ``se``, ``t``, ``df`` and ``p`` are ``None`` where an arm has fewer than two runs (pairs) or there is no
-    spread."""
+    the per-seed differences (``by_seed``: seed -> difference), ``n`` = ``n_baseline`` = the number of seeds
+    both arms ran, df = n - 1. ``se``, ``t``, ``df`` and ``p`` are ``None`` where an arm has fewer than two
+    runs (pairs) or there is no spread."""
     arm: str
     baseline: str
     metric: str
@@ -167,6 +167,7 @@ class Comparison:
     n_baseline: int
     diff: float
     paired: bool = False
+    by_seed: Dict[int, float] = field(default_factory=dict)
     se: Optional[float] = None
     t: Optional[float] = None
     df: Optional[float] = None
@@ -193,11 +194,12 @@ def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = D
             continue
         if paired:
             mine = {r.seed: r.metrics[metric] for r in s.runs if r.seed is not None}
-            d = [mine[seed] - base_by_seed[seed] for seed in sorted(set(mine) & set(base_by_seed))]
+            by_seed = {seed: mine[seed] - base_by_seed[seed] for seed in sorted(set(mine) & set(base_by_seed))}
+            d = list(by_seed.values())
             if not d:
                 continue
             c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(d), n_baseline=len(d),
-                           diff=statistics.fmean(d), paired=True)
+                           diff=statistics.fmean(d), paired=True, by_seed=by_seed)
             if len(d) > 1 and statistics.stdev(d) > 0:
                 c.se, c.df = statistics.stdev(d) / math.sqrt(len(d)), float(len(d) - 1)
         else:
@@ -223,13 +225,15 @@ def format_comparison(comparisons: Sequence[Comparison]) -> str:
     name = c0.metric.split('/')[-1]
     if c0.paired:
         lines = [f'| Arm | seeds paired | {name} − {c0.baseline}, mean over the seeds | standard error | paired t '
-                 '| df | p |']
+                 '| df | p | by seed |']
     else:
         lines = [f'| Arm | runs | {name} − {c0.baseline} ({c0.n_baseline} runs) | standard error | Welch t | df | p |']
-    lines.append('|---|---:|---:|---:|---:|---:|---:|')
+    lines.append('|---|---:|---:|---:|---:|---:|---:|' + ('---|' if c0.paired else ''))
     for c in comparisons:
         cells = ['—' if v is None else fmt.format(v)
                  for v, fmt in ((c.se, '{:.3f}'), (c.t, '{:.2f}'), (c.df, '{:.1f}'), (c.p, '{:.2f}'))]
+        if c.paired:
+            cells.append(', '.join(f'{seed}: {d:+.3f}' for seed, d in c.by_seed.items()))
         lines.append(f'| {c.arm} | {c.n} | {c.diff:+.3f} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
