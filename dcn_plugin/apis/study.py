@@ -166,12 +166,16 @@ class Comparison:
     n: int
     n_baseline: int
     diff: float
-    paired: bool = False
     by_seed: Dict[int, float] = field(default_factory=dict)
     se: Optional[float] = None
     t: Optional[float] = None
     df: Optional[float] = None
     p: Optional[float] = None
+
+    @property
+    def paired(self) -> bool:
+        """Whether this is the paired test (a paired comparison always has the seeds it paired)."""
+        return bool(self.by_seed)
 
 
 def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = DEFAULT_METRICS[0],
@@ -199,9 +203,10 @@ def compare_arms(summaries: Sequence[ArmSummary], baseline: str, metric: str = D
             if not d:
                 continue
             c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(d), n_baseline=len(d),
-                           diff=statistics.fmean(d), paired=True, by_seed=by_seed)
-            if len(d) > 1 and statistics.stdev(d) > 0:
-                c.se, c.df = statistics.stdev(d) / math.sqrt(len(d)), float(len(d) - 1)
+                           diff=statistics.fmean(d), by_seed=by_seed)
+            spread = statistics.stdev(d) if len(d) > 1 else 0.0
+            if spread > 0:
+                c.se, c.df = spread / math.sqrt(len(d)), float(len(d) - 1)
         else:
             c = Comparison(arm=s.arm, baseline=baseline, metric=metric, n=len(s.runs), n_baseline=len(base.runs),
                            diff=s.mean[metric] - base.mean[metric])
