@@ -5,8 +5,8 @@
 # the mdpool config.
 # On the demo (docs/demo.md, the DCNv2 paper's ablation, seeds 0-2) it scored 0.349 +- 0.038 against the mdpool
 # config's 0.390 +- 0.022: lower in two seeds of three, never higher (not established at three seeds). On the
-# demo, prefer the mdpool config; the branch keeps the paper's settings (of five other settings tried on
-# the plain model with three seeds each, none scored above the model without the branch).
+# demo, prefer the mdpool config; the branch keeps the paper's settings (of six other settings tried on
+# the plain model with three seeds each, none scored above the model without the branch beyond the spread).
 _base_ = './faster-rcnn_r18-mdconv-c3-c5_fpn_gn-all_mdpool_demo-shapes.py'
 model = dict(
     type='MimicFasterRCNN',
